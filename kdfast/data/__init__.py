@@ -1,0 +1,1 @@
+"""Data: offline fetch of real models/datasets, task loading, tokenisation, augmentation."""

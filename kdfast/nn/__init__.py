@@ -1,0 +1,4 @@
+"""Student networks: a fast bidirectional LSTM."""
+from kdfast.nn.bilstm import BiLSTM
+
+__all__ = ["BiLSTM"]

@@ -1,0 +1,1 @@
+"""Triton kernels (one op family per file). Imported lazily: triton is optional."""
