@@ -52,7 +52,7 @@ if want_cuda and torch.version.cuda is not None and CUDA_HOME is not None:
             include_dirs=INCLUDE,
             extra_compile_args={
                 "cxx": ["-O3", "-std=c++20"],
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
             },
         )
     )

@@ -69,22 +69,18 @@ def _kd_loss_kernel(s_ptr, t_ptr, g_ptr, labels_ptr, ws_ptr, wh_ptr, loss_ptr, V
         soft = sq
     else:
         dead = (ms == neg_inf) | (mt == neg_inf)
-        lse_s = ms + tl.log(zs)
-        lse_t = mt + tl.log(zt)
         if KIND == 0:
-            soft = dot / zt - lse_t + lse_s
+            soft = dot / zt + (tl.log(zs) - tl.log(zt)) + (ms - mt)
         else:
-            soft = dot / zt + lse_s
+            soft = dot / zt + ms + tl.log(zs)
     if HAS_HARD:
-        if SEPARATE_HARD:
-            lse_1 = m1 + tl.log(z1)
-        else:
-            lse_1 = lse_s
-        hard = lse_1 - tl.load(s_row + label).to(ACC)
+        if not SEPARATE_HARD:
+            m1 = ms
+            z1 = zs
+        hard = m1 + tl.log(z1) - tl.load(s_row + label).to(ACC)
         loss = ws * soft + wh * hard
         silent = (ws == 0) & (wh == 0)
     else:
-        lse_1 = 0.0
         loss = ws * soft
         silent = ws == 0
     skip = dead | silent
@@ -100,11 +96,12 @@ def _kd_loss_kernel(s_ptr, t_ptr, g_ptr, labels_ptr, ws_ptr, wh_ptr, loss_ptr, V
             if KIND == 2:
                 g = 2.0 * ws * tl.where(s == t, 0.0, s - t)
             else:
-                q = tl.exp(s * inv_t - lse_s)
-                p = tl.exp(t * inv_t - lse_t)
+                # exp(x - m) / z rounds once less than exp(x - lse): keep the shift and the sum apart
+                q = tl.exp(s * inv_t - ms) / zs
+                p = tl.exp(t * inv_t - mt) / zt
                 g = ws * inv_t * (q - p)
             if HAS_HARD:
-                g += wh * (tl.exp(s - lse_1) - tl.where(cols == label, 1.0, 0.0))
+                g += wh * (tl.exp(s - m1) / z1 - tl.where(cols == label, 1.0, 0.0))
             g = tl.where(skip, 0.0, g)
             tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=inside)
 
