@@ -27,17 +27,22 @@ def _fake(student, teacher, labels, soft_weight, hard_weight, kind, temperature,
 
 def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zeros for the (non-differentiable) gradient output
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
-    if grad.numel() == 0:
+    if grad.numel() == 0 and grad_loss is not None and grad_loss.numel() > 0:
         raise RuntimeError(
             "kdfast kd_loss: backward called but the forward ran without compute_grad=True"
         )
-    scaled = grad * grad_loss.unsqueeze(-1).to(grad.dtype)
-    return scaled, None, None, None, None, None, None, None
+    if grad_loss is None:
+        return (None,) * 8
+    # Out of place: scaling the saved gradient in place would save a buffer but break any
+    # second backward through the graph (retain_graph, gradcheck). The saved gradient is
+    # released right after this node runs.
+    return (grad * grad_loss.unsqueeze(-1).to(grad.dtype),) + (None,) * 7
 
 
 _REGISTERED = []
