@@ -29,11 +29,6 @@ elif torch.version.cuda is None:
     _missing["cuda"] = f"torch {torch.__version__} was built without CUDA"
 else:
     _missing["cuda"] = "no CUDA device is visible"
-    if "cuda" not in _modules:
-        try:
-            _modules["cuda_built"] = importlib.import_module("kdfast._cuda")
-        except Exception:
-            pass
 
 try:
     import triton  # noqa: F401
