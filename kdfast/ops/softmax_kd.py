@@ -39,10 +39,20 @@ def _backward(ctx, grad_loss, _grad_of_grad):
         )
     if grad_loss is None:
         return (None,) * 8
-    # Out of place: scaling the saved gradient in place would save a buffer but break any
-    # second backward through the graph (retain_graph, gradcheck). The saved gradient is
-    # released right after this node runs.
-    return (grad * grad_loss.unsqueeze(-1).to(grad.dtype),) + (None,) * 7
+    nones = (None,) * 7
+    if _is_one_on_cpu(grad_loss):
+        # loss.backward() on CPU: hand autograd the saved gradient itself. Without
+        # retain_graph it is released first and autograd adopts the buffer (no copy); with
+        # retain_graph autograd copies it, so a second backward still sees it unchanged.
+        return (grad,) + nones
+    # Never in place: that would break a second backward through the graph.
+    return (grad * grad_loss.unsqueeze(-1).to(grad.dtype),) + nones
+
+
+def _is_one_on_cpu(grad_loss: torch.Tensor) -> bool:
+    """Whether the incoming gradient is all ones; checked only where that costs no device sync."""
+    return (type(grad_loss) is torch.Tensor and grad_loss.device.type == "cpu"
+            and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()))
 
 
 if _ext.has("cpu"):  # kdfast._C defines the schema that the CPU and CUDA kernels implement
