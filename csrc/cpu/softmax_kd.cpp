@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kdfast/softmax_kd_row.h"
+#include "kdfast/softmax_kd_torch.h"
 
 namespace kdfast::cpu {
 namespace {
@@ -63,32 +64,16 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student, const 
                                                const at::Tensor& soft_weight,
                                                const std::optional<at::Tensor>& hard_weight,
                                                int64_t kind, double temperature, bool compute_grad) {
-  // The Python layer validates user input; these checks guard direct calls of the op.
-  TORCH_CHECK(student.dim() == 2 && teacher.sizes() == student.sizes(),
-              "kd_loss: student and teacher must be [N, V] of equal shape");
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kd_loss: dtype mismatch");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "kd_loss: kind must be 0 (kl), 1 (soft_ce) or 2 (mse)");
-  TORCH_CHECK(temperature > 0, "kd_loss: temperature must be > 0");
-  const auto acc_type = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t N = student.size(0);
-  TORCH_CHECK(soft_weight.scalar_type() == acc_type && soft_weight.numel() == N,
-              "kd_loss: soft_weight must be [N] of the accumulation dtype");
-  at::Tensor lab, wh;
-  if (hard_weight.has_value()) {
-    TORCH_CHECK(labels.has_value(), "kd_loss: hard_weight needs labels");
-    wh = hard_weight->contiguous();
-    lab = labels->contiguous();
-    TORCH_CHECK(wh.scalar_type() == acc_type && wh.numel() == N, "kd_loss: bad hard_weight");
-    TORCH_CHECK(lab.scalar_type() == at::kLong && lab.numel() == N, "kd_loss: labels must be int64 [N]");
-    if (N > 0) {
-      const auto [lo, hi] = at::aminmax(lab);
-      TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < student.size(1),
-                  "kd_loss: labels out of range [0, V)");
-    }
+  auto a = check_kd_loss_args(student, teacher, labels, soft_weight, hard_weight, kind, temperature);
+  const int64_t N = a.student.size(0);
+  if (a.labels.defined() && N > 0) {  // CPU tensors: reading the range costs no device sync
+    const auto [lo, hi] = at::aminmax(a.labels);
+    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < a.student.size(1),
+                "kd_loss: labels out of range [0, V)");
   }
-  const auto s = student.contiguous(), t = teacher.contiguous(), ws = soft_weight.contiguous();
-  auto loss = at::empty({N}, student.options().dtype(acc_type));
-  auto grad = compute_grad ? at::empty_like(s) : at::empty({0}, student.options());
+  auto loss = at::empty({N}, a.student.options().dtype(a.acc_type));
+  auto grad = compute_grad ? at::empty_like(a.student) : at::empty({0}, a.student.options());
+  const auto &s = a.student, &t = a.teacher, &ws = a.soft_weight, &lab = a.labels, &wh = a.hard_weight;
   switch (student.scalar_type()) {
     case at::kFloat: launch<F32>(kd_rows_f32, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;
     case at::kDouble: launch<F64>(kd_rows_f64, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;

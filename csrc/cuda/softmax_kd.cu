@@ -69,19 +69,23 @@ struct Online {
   }
 };
 
+// Folds the softmax state (m2, z2, c2) into (m, z, c); c is a companion sum scaled like z.
+template <class Acc>
+__device__ __forceinline__ void combine(Acc& m, Acc& z, Acc& c, Acc m2, Acc z2, Acc c2) {
+  const Acc mn = m > m2 ? m : m2;
+  const Acc a = mn == neg_inf<Acc>() ? Acc(0) : exp_(m - mn);
+  const Acc b = mn == neg_inf<Acc>() ? Acc(0) : exp_(m2 - mn);
+  z = z * a + z2 * b;
+  c = c * a + c2 * b;
+  m = mn;
+}
+
 // Merges (m, z, companion) triples across the block. Returns the block-wide result in all threads.
 template <class Acc>
 __device__ void merge_block(Acc& m, Acc& z, Acc& c, Acc* sm) {
   for (int off = 16; off > 0; off >>= 1) {
-    const Acc m2 = __shfl_xor_sync(0xffffffffu, m, off);
-    const Acc z2 = __shfl_xor_sync(0xffffffffu, z, off);
-    const Acc c2 = __shfl_xor_sync(0xffffffffu, c, off);
-    const Acc mn = m > m2 ? m : m2;
-    const Acc a = mn == neg_inf<Acc>() ? Acc(0) : exp_(m - mn);
-    const Acc b = mn == neg_inf<Acc>() ? Acc(0) : exp_(m2 - mn);
-    z = z * a + z2 * b;
-    c = c * a + c2 * b;
-    m = mn;
+    combine(m, z, c, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, z, off),
+            __shfl_xor_sync(0xffffffffu, c, off));
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
@@ -94,15 +98,8 @@ __device__ void merge_block(Acc& m, Acc& z, Acc& c, Acc* sm) {
   m = neg_inf<Acc>();
   z = 0;
   c = 0;
-  for (int w = 0; w < kWarps; ++w) {  // every thread merges the few warp results itself
-    const Acc m2 = sm[w], z2 = sm[kWarps + w], c2 = sm[2 * kWarps + w];
-    const Acc mn = m > m2 ? m : m2;
-    const Acc a = mn == neg_inf<Acc>() ? Acc(0) : exp_(m - mn);
-    const Acc b = mn == neg_inf<Acc>() ? Acc(0) : exp_(m2 - mn);
-    z = z * a + z2 * b;
-    c = c * a + c2 * b;
-    m = mn;
-  }
+  // every thread merges the few warp results itself
+  for (int w = 0; w < kWarps; ++w) combine(m, z, c, sm[w], sm[kWarps + w], sm[2 * kWarps + w]);
 }
 
 template <class Acc>

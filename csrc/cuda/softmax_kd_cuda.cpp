@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kdfast/softmax_kd_params.h"
+#include "kdfast/softmax_kd_torch.h"
 
 namespace kdfast::cuda {
 cudaError_t launch_kd_loss(const KdLossParams& p, cudaStream_t stream);
@@ -27,27 +28,12 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student, const
                                                 const at::Tensor& soft_weight,
                                                 const std::optional<at::Tensor>& hard_weight,
                                                 int64_t kind, double temperature, bool compute_grad) {
-  TORCH_CHECK(student.dim() == 2 && teacher.sizes() == student.sizes(),
-              "kd_loss: student and teacher must be [N, V] of equal shape");
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kd_loss: dtype mismatch");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "kd_loss: kind must be 0 (kl), 1 (soft_ce) or 2 (mse)");
-  TORCH_CHECK(temperature > 0, "kd_loss: temperature must be > 0");
   const c10::cuda::CUDAGuard guard(student.device());
-  const auto acc_type = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t N = student.size(0);
-  TORCH_CHECK(soft_weight.scalar_type() == acc_type && soft_weight.numel() == N,
-              "kd_loss: soft_weight must be [N] of the accumulation dtype");
-  at::Tensor lab, wh;
-  if (hard_weight.has_value()) {
-    TORCH_CHECK(labels.has_value(), "kd_loss: hard_weight needs labels");
-    lab = labels->contiguous();
-    wh = hard_weight->contiguous();
-    TORCH_CHECK(wh.scalar_type() == acc_type && wh.numel() == N, "kd_loss: bad hard_weight");
-    TORCH_CHECK(lab.scalar_type() == at::kLong && lab.numel() == N, "kd_loss: labels must be int64 [N]");
-  }
-  const auto s = student.contiguous(), t = teacher.contiguous(), ws = soft_weight.contiguous();
-  auto loss = at::empty({N}, student.options().dtype(acc_type));
-  auto grad = compute_grad ? at::empty_like(s) : at::empty({0}, student.options());
+  auto a = check_kd_loss_args(student, teacher, labels, soft_weight, hard_weight, kind, temperature);
+  const auto &s = a.student, &t = a.teacher, &ws = a.soft_weight, &lab = a.labels, &wh = a.hard_weight;
+  const int64_t N = s.size(0);
+  auto loss = at::empty({N}, s.options().dtype(a.acc_type));
+  auto grad = compute_grad ? at::empty_like(s) : at::empty({0}, s.options());
 
   KdLossParams p{};
   p.student = s.const_data_ptr();
