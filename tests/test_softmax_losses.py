@@ -293,6 +293,7 @@ BAD = [
     (lambda s, t: losses.kl_div(s, t.float()), TypeError, "dtype"),
     (lambda s, t: losses.kl_div(s.long(), t.long()), TypeError, "student_logits"),
     (lambda s, t: losses.kl_div(s, [1, 2]), TypeError, "teacher_logits"),
+    (lambda s, t: losses.kl_div(s, t.to("meta")), ValueError, "teacher_logits is on meta"),
     (lambda s, t: losses.kl_div(s, t, temperature=0.0), ValueError, "temperature"),
     (lambda s, t: losses.kl_div(s, t, temperature=float("nan")), ValueError, "temperature"),
     (lambda s, t: losses.kl_div(s, t, temperature=-1), ValueError, "temperature"),
