@@ -146,10 +146,14 @@ class _Recorder:
         self.active = False
         self.batch: dict = {}
         self.handles = []
+        # Heads only: the graph can start at layer 0's context (nothing below it is scored),
+        # which saves the backward through layer 0's Q/K/V and attention and the embeddings.
+        self.context_leaf = heads and not (ffn or hidden)
         e = base.embeddings
-        for name, emb in (("word", e.word_embeddings), ("pos", e.position_embeddings),
-                          ("type", e.token_type_embeddings)):
-            self.handles.append(emb.register_forward_hook(self._leaf(("h", name), hidden)))
+        if not self.context_leaf:
+            for name, emb in (("word", e.word_embeddings), ("pos", e.position_embeddings),
+                              ("type", e.token_type_embeddings)):
+                self.handles.append(emb.register_forward_hook(self._leaf(("h", name), hidden)))
         if hidden:
             self._out(e.LayerNorm, ("h", "emb_ln"))
         for i, layer in enumerate(base.encoder.layer):
@@ -220,9 +224,14 @@ class _Recorder:
 
     def _context(self, i):
         def hook(mod, args, output):
+            if not self.active:
+                return None
             ctx = output[0]
-            if self.active and ctx.requires_grad:
+            if i == 0 and self.context_leaf:
+                ctx = ctx.detach().requires_grad_(True)
+            if ctx.requires_grad:
                 ctx.register_hook(self._record(("a", i), ctx))
+            return (ctx,) + tuple(output[1:])
         return hook
 
 
