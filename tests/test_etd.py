@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification,
-                          BertModel)
+from transformers import (BertConfig, BertForMaskedLM, BertForQuestionAnswering,
+                          BertForSequenceClassification, BertModel)
 
 import kdfast.etd as etd
 from kdfast import _ext
@@ -39,6 +39,9 @@ def make_batches(n=3, B=4, L=9, labels=False, seed=1, vocab=97):
              "token_type_ids": torch.randint(0, 2, (B, L), generator=g)}
         if labels == "cls":
             b["labels"] = torch.randint(0, 3, (B,), generator=g)
+        elif labels == "qa":
+            b["start_positions"] = torch.randint(0, L, (B,), generator=g)
+            b["end_positions"] = torch.randint(0, L, (B,), generator=g)
         elif labels == "mlm":
             b["labels"] = torch.where(torch.rand(B, L, generator=g) < 0.3, ids,
                                       torch.full_like(ids, -100))
@@ -108,6 +111,34 @@ def test_unit_taylor_bad_inputs():
         unit_taylor(a.long(), a.long(), 1)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_unit_taylor_cuda_matches_reference(dtype):
+    if not _ext.has("cuda"):
+        pytest.skip(f"CUDA extension absent: {_ext.why_missing('cuda')}")
+    g = torch.Generator().manual_seed(6)
+    for shape, units in (((1000, 384), 12), ((3, 7, 1536), 1536), ((0, 8), 4)):
+        a = torch.randn(shape, generator=g).to(dtype)
+        b = torch.randn(shape, generator=g).to(dtype)
+        out = unit_taylor(a.cuda(), b.cuda(), units, backend="cuda").cpu()
+        want = unit_taylor_ref(a.double(), b.double(), units)
+        tol = 1e-10 if dtype == torch.float64 else 1e-3
+        torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol * 10)
+    a = torch.randn(5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.kdfast.unit_taylor.default, (a, a.detach() * 2, 3))
+
+
+@pytest.mark.gpu
+def test_importance_cuda_equals_reference():
+    if not _ext.has("cuda"):
+        pytest.skip(f"CUDA extension absent: {_ext.why_missing('cuda')}")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config()).double().cuda()
+    fast = etd.importance(model, make_batches(labels="cls"), backend="cuda")
+    ref = importance_reference(model, make_batches(labels="cls"))
+    _assert_same_scores(fast, ref)
+
+
 # ---------------------------------------------------------------- importance scoring
 
 def _assert_same_scores(a, b, rtol=1e-6):
@@ -120,7 +151,7 @@ def _assert_same_scores(a, b, rtol=1e-6):
 
 @pytest.mark.parametrize("cls,labels", [(BertModel, False), (BertForSequenceClassification, "cls"),
                                         (BertForSequenceClassification, False),
-                                        (BertForMaskedLM, "mlm")])
+                                        (BertForMaskedLM, "mlm"), (BertForQuestionAnswering, "qa")])
 def test_importance_fused_equals_reference(cls, labels):
     torch.manual_seed(0)
     model = cls(tiny_config()).double()

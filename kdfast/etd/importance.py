@@ -125,7 +125,7 @@ def _finish(heads_raw, ffn, hidden, count, sentences, attn=None) -> Importance:
         raise ValueError("batches is empty: importance needs at least one batch")
 
     def avg(x):
-        return None if x is None else (x / count).float()
+        return None if x is None else (x / count).float().cpu()
 
     heads_raw, ffn, hidden, attn = avg(heads_raw), avg(ffn), avg(hidden), avg(attn)
     heads = None
@@ -255,11 +255,14 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     n_layers, n_heads, head_dim = (cfg.num_hidden_layers, cfg.num_attention_heads,
                                    cfg.hidden_size // cfg.num_attention_heads)
     choose = _loss_chooser(model, base, loss_fn)
-    acc = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
-    heads_tot = torch.zeros(n_layers, n_heads, dtype=acc) if heads else None
-    attn_tot = torch.zeros(n_layers, n_heads * head_dim, dtype=acc) if heads else None
-    ffn_tot = torch.zeros(n_layers, cfg.intermediate_size, dtype=acc) if ffn else None
-    hidden_tot = torch.zeros(cfg.hidden_size, dtype=acc) if hidden else None
+    p0 = next(model.parameters())
+    # Totals live on the model's device: no host sync until the end.
+    zeros = dict(dtype=torch.float64 if p0.dtype == torch.float64 else torch.float32,
+                 device=p0.device)
+    heads_tot = torch.zeros(n_layers, n_heads, **zeros) if heads else None
+    attn_tot = torch.zeros(n_layers, n_heads * head_dim, **zeros) if heads else None
+    ffn_tot = torch.zeros(n_layers, cfg.intermediate_size, **zeros) if ffn else None
+    hidden_tot = torch.zeros(cfg.hidden_size, **zeros) if hidden else None
 
     rec = _Recorder(base, heads=heads, ffn=ffn, hidden=hidden, backend=backend)
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -298,7 +301,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
 
 def _accumulate(sums, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot):
     for key, v in sums.items():
-        v = v.detach().cpu()
+        v = v.detach()
         kind = key[0]
         if kind == "a":
             i = key[1]
