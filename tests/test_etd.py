@@ -154,7 +154,7 @@ def _assert_same_scores(a, b, rtol=1e-6):
                                         (BertForMaskedLM, "mlm"), (BertForQuestionAnswering, "qa")])
 def test_importance_fused_equals_reference(cls, labels):
     torch.manual_seed(0)
-    model = cls(tiny_config()).double()
+    model = cls(tiny_config(num_labels=2 if labels == "qa" else 3)).double()
     with torch.no_grad():  # random init zeroes the [PAD] row; a trained model's is not zero
         etd._bert.base_model(model).embeddings.word_embeddings.weight[0].normal_()
     fast = etd.importance(model, make_batches(labels=labels), backend=FAST)
@@ -432,12 +432,21 @@ def test_real_minilm_impt_student_is_closest_to_teacher():
 
     from kdfast.etd.cli import load_sentences, load_teacher, make_batches as batches_of
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core CI box runs this 3-4x faster on one thread
+    try:
+        _real_check(F, load_sentences, load_teacher, batches_of)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _real_check(F, load_sentences, load_teacher, batches_of):
     torch.manual_seed(0)
     teacher, tok, _ = load_teacher("minilm-l6")
     teacher.eval()
     sentences = load_sentences("movie-sentences")
-    imp = etd.importance(teacher, batches_of(tok, sentences[:96], 32, 64))
-    enc = tok(sentences[2000:2128], padding=True, truncation=True, max_length=64,
+    imp = etd.importance(teacher, batches_of(tok, sentences[:64], 32, 64))
+    enc = tok(sentences[2000:2096], padding=True, truncation=True, max_length=64,
               return_tensors="pt")
     w = enc["attention_mask"].unsqueeze(-1).float()
 
