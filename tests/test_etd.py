@@ -88,7 +88,10 @@ def test_unit_taylor_gradcheck_and_opcheck():
     a = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
     for backend in BACKENDS:
-        assert torch.autograd.gradcheck(lambda x, y: unit_taylor(x, y, 3, backend=backend), (a, b))
+        def fn(x, y, backend=backend):
+            return unit_taylor(x, y, 3, backend=backend)
+
+        assert torch.autograd.gradcheck(fn, (a, b))
     if not _ext.has("cpu"):
         pytest.skip("C++ extension not built")
     torch.library.opcheck(torch.ops.kdfast.unit_taylor.default, (a.detach(), b.detach(), 3))
@@ -185,11 +188,14 @@ def test_importance_gradients_are_per_batch_and_state_is_restored():
     both = etd.importance(model, batches, backend=FAST)
     one = [etd.importance(model, [b], backend=FAST) for b in batches]
     for key in ("heads_raw", "ffn", "hidden"):
-        torch.testing.assert_close(getattr(both, key), (getattr(one[0], key) + getattr(one[1], key)) / 2)
+        mean = (getattr(one[0], key) + getattr(one[1], key)) / 2
+        torch.testing.assert_close(getattr(both, key), mean)
     assert model.training
-    assert not model.classifier.weight.requires_grad and model.bert.pooler.dense.weight.requires_grad
+    assert not model.classifier.weight.requires_grad
+    assert model.bert.pooler.dense.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
-    only_heads = etd.importance(model, batches, num_batches=1, ffn=False, hidden=False, backend=FAST)
+    only_heads = etd.importance(model, batches, num_batches=1, ffn=False, hidden=False,
+                                backend=FAST)
     assert only_heads.ffn is None and only_heads.hidden is None and only_heads.num_batches == 1
     torch.testing.assert_close(only_heads.heads, one[0].heads)
 
@@ -241,7 +247,8 @@ def hand_sliced(teacher, sel, cfg):
     d_s = cfg.hidden_size // cfg.num_attention_heads
     with torch.no_grad():
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-            getattr(st.embeddings, name).weight.copy_(getattr(teacher.embeddings, name).weight[:, h])
+            src = getattr(teacher.embeddings, name).weight
+            getattr(st.embeddings, name).weight.copy_(src[:, h])
         st.embeddings.LayerNorm.weight.copy_(teacher.embeddings.LayerNorm.weight[h])
         st.embeddings.LayerNorm.bias.copy_(teacher.embeddings.LayerNorm.bias[h])
         for i, t_i in enumerate(sel["teacher_layers"]):
@@ -252,7 +259,8 @@ def hand_sliced(teacher, sel, cfg):
                 scale = math.sqrt(d_s / d_t) if proj == "query" else 1.0
                 getattr(S.attention.self, proj).weight.copy_(
                     getattr(T.attention.self, proj).weight[a][:, h] * scale)
-                getattr(S.attention.self, proj).bias.copy_(getattr(T.attention.self, proj).bias[a] * scale)
+                getattr(S.attention.self, proj).bias.copy_(
+                    getattr(T.attention.self, proj).bias[a] * scale)
             S.attention.output.dense.weight.copy_(T.attention.output.dense.weight[h][:, a])
             S.attention.output.dense.bias.copy_(T.attention.output.dense.bias[h])
             f = torch.tensor(sel["ffn"][i])
@@ -279,7 +287,7 @@ def test_smaller_extraction_round_trips_and_equals_hand_sliced(tmp_path, heads, 
                           intermediate_size=20, strategy=strategy, importance=imp, seed=3).eval()
     sel = etd.select_units(teacher.config, num_layers=2, hidden_size=hidden, num_heads=heads,
                            intermediate_size=20, strategy=strategy, importance=imp, seed=3)
-    d_t, d_s = 6, hidden // heads
+    d_s = hidden // heads
     plain = {"teacher_layers": sel["layers"], "hidden": sel["hidden"].tolist(),
              "heads": [x.tolist() for x in sel["heads"]],
              "dims": [[d.tolist() for d in dims] for dims in sel["head_dims"]],
@@ -287,8 +295,10 @@ def test_smaller_extraction_round_trips_and_equals_hand_sliced(tmp_path, heads, 
     assert plain["teacher_layers"] == [1, 2]  # uniform: round(i * 3 / 2), 1-based
     assert all(len(d) == d_s for dims in plain["dims"] for d in dims)
     if strategy == "impt":  # the top-scored units, kept in the teacher's order
-        assert plain["hidden"] == sorted(torch.argsort(imp.hidden, descending=True)[:hidden].tolist())
-        assert plain["heads"][0] == sorted(torch.argsort(imp.heads[1], descending=True)[:heads].tolist())
+        top_hidden = torch.argsort(imp.hidden, descending=True)[:hidden]
+        top_heads = torch.argsort(imp.heads[1], descending=True)[:heads]
+        assert plain["hidden"] == sorted(top_hidden.tolist())
+        assert plain["heads"][0] == sorted(top_heads.tolist())
     cfg = BertConfig(**{**teacher.config.to_dict(), "num_hidden_layers": 2, "hidden_size": hidden,
                         "num_attention_heads": heads, "intermediate_size": 20})
     ref = hand_sliced(teacher, plain, cfg)
@@ -311,7 +321,8 @@ def test_sub_head_extraction_keeps_teacher_attention_logits():
                           intermediate_size=37, importance=imp)
     x = torch.randn(5, 24)
     h = torch.tensor(student.config.etd["hidden"])
-    t_self, s_self = teacher.encoder.layer[0].attention.self, student.encoder.layer[0].attention.self
+    t_self = teacher.encoder.layer[0].attention.self
+    s_self = student.encoder.layer[0].attention.self
     x_s = x.clone()
     x_s[:, [i for i in range(24) if i not in h.tolist()]] = 0  # the student sees only kept dims
     with torch.no_grad():

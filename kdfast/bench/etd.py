@@ -73,7 +73,8 @@ def _headmask(model, batches, loss_fn=None, *, entropy=False):
             for g in gates:
                 g.grad = None
             mask[0] = batch["attention_mask"]
-            loss = _bert.batch_loss(model, batch, choose(batch), lambda: active.__setitem__(0, True))
+            loss = _bert.batch_loss(model, batch, choose(batch),
+                                    lambda: active.__setitem__(0, True))
             loss.backward()
             active[0] = False
             for i, g in enumerate(gates):
@@ -144,7 +145,8 @@ def main(quick: bool, out_dir: str) -> int:
                          "sentences_per_s": sps, "peak_extra_mb": None})
             print(f"  {case:40s} {name:16s} {ms:9.1f} ms/batch {sps:8.1f} sentences/s")
         notes.append(
-            f"- {case}: kdfast (heads+FFN+hidden) is {times['headmask+taylor'] / times['kdfast']:.2f}x "
+            f"- {case}: kdfast (heads+FFN+hidden) is "
+            f"{times['headmask+taylor'] / times['kdfast']:.2f}x "
             f"headmask+taylor (all three), {times['headmask'] / times['kdfast']:.2f}x headmask "
             f"(heads only) and {times['bertology'] / times['kdfast']:.2f}x bertology; kdfast-heads "
             f"is {times['headmask'] / times['kdfast-heads']:.2f}x headmask and "
@@ -158,9 +160,10 @@ def main(quick: bool, out_dir: str) -> int:
     text = ("Scoring throughput, sentences/s = batch size / (ms per batch); ms per batch is the "
             f"median of {repeats} round-robin passes over {n_batches} batches, "
             f"{torch.get_num_threads()} thread(s). See kdfast/bench/etd.py for the procedures. "
-            "CPU only: no GPU in this task, GPU numbers not measured.\n\n" + "\n".join(notes) + "\n\n| case | impl | sentences/s |\n"
-            "|---|---|---|\n" + "\n".join(f"| {r['case']} | {r['impl']} | {r['sentences_per_s']:.1f} |"
-                                          for r in rows))
+            "CPU only: no GPU in this task, GPU numbers not measured.\n\n" + "\n".join(notes)
+            + "\n\n| case | impl | sentences/s |\n|---|---|---|\n"
+            + "\n".join(f"| {r['case']} | {r['impl']} | {r['sentences_per_s']:.1f} |"
+                        for r in rows))
     path_md = harness.write(rows, out_dir, f"etd-{'cuda' if torch.cuda.is_available() else 'cpu'}",
                             meta, notes=text)
     print(f"wrote {path_md}")

@@ -279,7 +279,8 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
             p.requires_grad_(False)
         for batch in it:
             rec.batch = {}
-            loss = _bert.batch_loss(model, batch, choose(batch), lambda: setattr(rec, "active", True))
+            loss = _bert.batch_loss(model, batch, choose(batch),
+                                    lambda: setattr(rec, "active", True))
             rec.active = False
             if not loss.requires_grad:
                 raise ValueError("the loss does not depend on the model's activations")
