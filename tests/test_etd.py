@@ -194,8 +194,9 @@ def test_importance_gradients_are_per_batch_and_state_is_restored():
     assert not model.classifier.weight.requires_grad
     assert model.bert.pooler.dense.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
-    only_heads = etd.importance(model, batches, num_batches=1, ffn=False, hidden=False,
-                                backend=FAST)
+    with torch.no_grad():  # scoring turns gradients on for itself
+        only_heads = etd.importance(model, batches, num_batches=1, ffn=False, hidden=False,
+                                    backend=FAST)
     assert only_heads.ffn is None and only_heads.hidden is None and only_heads.num_batches == 1
     torch.testing.assert_close(only_heads.heads, one[0].heads)
 

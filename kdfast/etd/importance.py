@@ -277,17 +277,18 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
         model.eval()
         for p, _ in flags:
             p.requires_grad_(False)
-        for batch in it:
-            rec.batch = {}
-            loss = _bert.batch_loss(model, batch, choose(batch),
-                                    lambda: setattr(rec, "active", True))
-            rec.active = False
-            if not loss.requires_grad:
-                raise ValueError("the loss does not depend on the model's activations")
-            loss.backward()
-            _accumulate(rec.batch, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot)
-            count += 1
-            sentences += _bert.batch_size(batch)
+        with torch.enable_grad():  # scoring also works inside a caller's torch.no_grad()
+            for batch in it:
+                rec.batch = {}
+                loss = _bert.batch_loss(model, batch, choose(batch),
+                                        lambda: setattr(rec, "active", True))
+                rec.active = False
+                if not loss.requires_grad:
+                    raise ValueError("the loss does not depend on the model's activations")
+                loss.backward()
+                _accumulate(rec.batch, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot)
+                count += 1
+                sentences += _bert.batch_size(batch)
     finally:
         rec.active = False
         rec.remove()
