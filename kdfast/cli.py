@@ -1,4 +1,4 @@
-"""The ``kdfast`` command line: ``kdfast info|demo|bench ...``."""
+"""The ``kdfast`` command line: ``kdfast info|demo|bench|extract ...``."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     p.add_argument("--out", default="benchmarks/results", help="where results go")
     p.set_defaults(func=_cmd_bench)
+
+    from kdfast.etd.cli import add_extract_parser
+
+    add_extract_parser(sub)
     return parser
 
 
