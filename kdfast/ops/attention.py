@@ -40,7 +40,7 @@ def _backward(ctx, grad_loss, _grad_of_grads):
             "kdfast attention_loss: backward called but the forward ran without compute_grad=True"
         )
     scaled = [g * grad_loss[i].to(g.dtype) for i, g in enumerate(grads)]
-    return scaled, None, None, None, None, None, None
+    return scaled, [None] * len(grads), None, None, None, None, None
 
 
 if _ext.has("cpu") or _ext.module("cuda_built") is not None or _ext.has("cuda"):
