@@ -29,12 +29,17 @@ def _fake(student, teacher, mask, scale, kind, temperature, compute_grad):
 def _setup_context(ctx, inputs, output):
     grads = output[1]
     ctx.mark_non_differentiable(*grads)
+    # Without this, autograd fills a zero "gradient" for every returned gradient buffer
+    # (a full write of n_layers maps) before calling backward.
+    ctx.set_materialize_grads(False)
     ctx.n_layers = len(inputs[0])
     ctx.save_for_backward(*grads)
 
 
 def _backward(ctx, grad_loss, _grad_of_grads):
     grads = ctx.saved_tensors  # raises if a previous backward already used them in place
+    if grad_loss is None:
+        return [None] * len(grads), [None] * len(grads), None, None, None, None, None
     if len(grads) != ctx.n_layers:
         raise RuntimeError(
             "kdfast attention_loss: backward called but the forward ran without compute_grad=True"
