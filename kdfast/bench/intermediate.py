@@ -7,6 +7,8 @@ float32 and bfloat16. Run: ``kdfast bench intermediate [--quick]``.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kdfast import _ext
@@ -75,6 +77,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
         print(f"  {r['case']:30s} {r['mode']:8s} kdfast-cpu: "
               + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if k.startswith("vs_")))
     meta = harness.machine()
+    meta["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)  # shared machines: context
     floor = ", ".join(f"{c.name}: {c.floor_bytes['fwd+bwd'] / 32e9 * 1e3:.1f} ms"
                       for c in cases)
     notes = (
