@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import importlib
 
-SUITES = {"losses": "kdfast.bench.losses",
-          "etd": "kdfast.bench.etd"}
+SUITES = {
+    "losses": "kdfast.bench.losses",
+    "intermediate": "kdfast.bench.intermediate",
+    "bilstm": "kdfast.bench.bilstm",
+    "etd": "kdfast.bench.etd",
+}
 
 
 def run_bench(args) -> int:
