@@ -166,6 +166,10 @@ def test_cli_finetune_then_distill_with_config_and_overwrite_guard(tmp_path, cap
     assert _cli(["distill", "tang", "--config", str(cfg), "--out", str(out), "--max-steps", "2",
                  "--overwrite", "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 2
+    assert _cli(["distill", "sra", "--config", str(cfg), "--out", str(tmp_path / "sra"),
+                 "--stage1-epochs", "1", "--epochs", "1", "--stage1-loss", "cosine",
+                 "--no-progress"]) == 0
+    assert load_student(tmp_path / "sra" / "stage2" / "student").config["pooling"] == "max"
     with pytest.raises(SystemExit):  # an unknown recipe
         _cli(["distill", "tinybert", "--config", str(cfg), "--out", str(out)])
     bad = tmp_path / "bad.json"
