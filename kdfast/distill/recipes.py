@@ -20,7 +20,7 @@ import torch
 
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
-from kdfast.distill.trainer import Distiller, TrainConfig
+from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import TeacherClassifier, load_teacher, resolve_teacher_path
 from kdfast.nn.students import BiLSTMClassifier, SiameseBiLSTMClassifier, SRAEncoder
 
