@@ -1,4 +1,4 @@
-"""The ``kdfast`` command line: ``kdfast info|demo|bench|extract ...``."""
+"""The ``kdfast`` command line: ``kdfast info|demo|finetune|distill|extract|bench ...``."""
 from __future__ import annotations
 
 import argparse
@@ -43,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run kdfast's main job on CPU (short)")
-    p.add_argument("--steps", type=int, default=200, help="training steps of the loss demo")
+    from kdfast.demo import add_arguments as add_demo_arguments
+
+    p = sub.add_parser("demo", help="kdfast's main job: fine-tune the offline teacher, distil "
+                       "BiLSTM students, print accuracy/size/speed (CPU, minutes)")
+    add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="run a microbenchmark suite")
@@ -53,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results", help="where results go")
     p.set_defaults(func=_cmd_bench)
 
+    from kdfast.distill.cli import add_parsers as add_distill_parsers
     from kdfast.etd.cli import add_extract_parser
 
+    add_distill_parsers(sub)
     add_extract_parser(sub)
     return parser
 
