@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-SUITES = {"losses": "kdfast.bench.losses"}
+SUITES = {"losses": "kdfast.bench.losses", "bilstm": "kdfast.bench.bilstm"}
 
 
 def run_bench(args) -> int:
