@@ -13,8 +13,9 @@
 // the whole sequence (no barrier per step): per step one small GEMM h W_hh^T and the fused
 // gate epilogue. Rows are visited longest first, so the rows still running at step s are a
 // prefix and the step GEMM skips finished rows.
-// Backward: the dh/dc recurrence the same way (per step da W_hh), then dW_ih, dW_hh, dx and db
-// as large GEMMs/reductions over all timesteps.
+// Backward: the dh/dc recurrence the same way (per step da W_hh), writing the gate gradients
+// direction-major ([2, B*T, 4H]), then dW_ih, dW_hh, dx and db as large GEMMs/reductions over
+// all timesteps.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -59,11 +60,11 @@ namespace {
       const int64_t bt = b * steps + t, btp = b * steps + tp;                                  \
       const T* cp = s == 0 ? c0 + b * H : cells + btp * 2 * H + d * H;                         \
       const T* hp = s == 0 ? h0 + b * H : out + btp * 2 * H + d * H;                           \
-      T* hq = hprev + bt * 2 * H + d * H;                                                      \
+      T* hq = hprev + bt * H;                                                                  \
       for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                           \
       lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,             \
                    dout + bt * 2 * H + d * H, dh + k * ldd, dc + k * H, da + k * 4 * H,           \
-                   dgates + bt * 8 * H + d * 4 * H, H);                                        \
+                   dgates + bt * 4 * H, H);                                                    \
     }                                                                                          \
   }
 KDFAST_BILSTM_STEPS(f32, float)
@@ -274,8 +275,8 @@ void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, con
         const int64_t na = Plan::active(rows, p.lens, s);
         if (na == 0) continue;
         bwd_rows(rows.data(), p.lens.data(), na, s, d, gates, cells, h0 + d * B * H,
-                 c0 + d * B * H, out, dout, dh.data(), ldd, dc.data(), da.data(), dgates, hprev,
-                 steps, H);
+                 c0 + d * B * H, out, dout, dh.data(), ldd, dc.data(), da.data(),
+                 dgates + d * B * steps * 4 * H, hprev + d * B * steps * H, steps, H);
         gemm(na, 4 * H, panels, da.data(), 4 * H, R, dh.data(), ldd);  // dh_prev = da W_hh
       }
       for (int64_t k = 0; k < n; ++k) {
@@ -305,10 +306,11 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
   const Plan p = make_plan(lengths, B, steps);
   const auto opt = x.options();
   // Padded positions keep zero gradient (they never enter the GEMMs below with a value).
-  auto dgates = lengths.has_value() ? at::zeros({B, steps, 8 * H}, opt)
-                                    : at::empty({B, steps, 8 * H}, opt);
-  auto hprev = lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt)
-                                   : at::empty({B, steps, 2 * H}, opt);
+  // Direction-major, so that each direction's GEMM operands below are contiguous.
+  auto dgates = lengths.has_value() ? at::zeros({2, B * steps, 4 * H}, opt)
+                                    : at::empty({2, B * steps, 4 * H}, opt);
+  auto hprev = lengths.has_value() ? at::zeros({2, B * steps, H}, opt)
+                                   : at::empty({2, B * steps, H}, opt);
   auto dh0 = at::empty({2, B, H}, opt), dc0 = at::empty({2, B, H}, opt);
   const auto g = gates.contiguous(), cl = cells.contiguous(), whh = w_hh.contiguous(),
              h0c = h0.contiguous(), c0c = c0.contiguous(), o = out.contiguous(),
@@ -324,19 +326,17 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
         dc0.mutable_data_ptr<scalar_t>());
   });
   // The weight gradients as large GEMMs over all (b, t) at once.
-  const auto dg2 = dgates.view({B * steps, 8 * H});
   const auto x2 = x.reshape({B * steps, I});
-  auto dw_ih = at::mm(dg2.t(), x2).view({2, 4 * H, I});
-  auto dw_hh = at::empty({2, 4 * H, H}, opt);
-  const auto dg3 = dgates.view({B * steps, 2, 4 * H});
-  const auto hp3 = hprev.view({B * steps, 2, H});
-  for (int64_t d = 0; d < 2; ++d) {
-    auto dst = dw_hh.select(0, d);
-    at::mm_out(dst, dg3.select(1, d).t(), hp3.select(1, d));
+  const auto dgt = dgates.transpose(1, 2);  // [2, 4H, B*T]
+  auto dw_ih = at::bmm(dgt, x2.expand({2, B * steps, I}));
+  auto dw_hh = at::bmm(dgt, hprev);
+  at::Tensor dx = at::empty({0}, opt);
+  if (need_dx) {
+    dx = at::mm(dgates[0], w_ih[0]);
+    dx.addmm_(dgates[1], w_ih[1]);
+    dx = dx.view({B, steps, I});
   }
-  auto dx = need_dx ? at::mm(dg2, w_ih.reshape({8 * H, I})).view({B, steps, I})
-                    : at::empty({0}, opt);
-  auto db = need_dbias ? dg2.sum(0).view({2, 4 * H}) : at::empty({0}, opt);
+  auto db = need_dbias ? dgates.sum(1) : at::empty({0}, opt);
   return {dx, dw_ih, dw_hh, db, dh0, dc0};
 }
 
