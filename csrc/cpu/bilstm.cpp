@@ -326,15 +326,23 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
         dc0.mutable_data_ptr<scalar_t>());
   });
   // The weight gradients as large GEMMs over all (b, t) at once.
+  // The GEMM forms below are the fastest measured with torch's MKL on the dev machine (AMD
+  // EPYC, 1 thread, B*T=2500, I=300, H=150): dW^T = X^T dG per direction then a small
+  // transposing copy (21 vs 24 ms for bmm), and dx with W_ih's columns padded to a multiple
+  // of 64 (22 vs 33 ms).
   const auto x2 = x.reshape({B * steps, I});
-  const auto dgt = dgates.transpose(1, 2);  // [2, 4H, B*T]
-  auto dw_ih = at::bmm(dgt, x2.expand({2, B * steps, I}));
-  auto dw_hh = at::bmm(dgt, hprev);
+  auto dw_ih = at::empty({2, 4 * H, I}, opt), dw_hh = at::empty({2, 4 * H, H}, opt);
+  for (int64_t d = 0; d < 2; ++d) {
+    dw_ih[d].copy_(at::mm(x2.t(), dgates[d]).t());
+    dw_hh[d].copy_(at::mm(hprev[d].t(), dgates[d]).t());
+  }
   at::Tensor dx = at::empty({0}, opt);
   if (need_dx) {
-    dx = at::mm(dgates[0], w_ih[0]);
-    dx.addmm_(dgates[1], w_ih[1]);
-    dx = dx.view({B, steps, I});
+    const int64_t Ip = (I + 63) / 64 * 64;
+    const auto wp = Ip == I ? w_ih : at::constant_pad_nd(w_ih, {0, Ip - I});
+    auto acc = at::mm(dgates[0], wp[0]);
+    acc.addmm_(dgates[1], wp[1]);
+    dx = (Ip == I ? acc : acc.narrow(1, 0, I).contiguous()).view({B, steps, I});
   }
   auto db = need_dbias ? dgates.sum(1) : at::empty({0}, opt);
   return {dx, dw_ih, dw_hh, db, dh0, dc0};

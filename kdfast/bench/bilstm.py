@@ -7,6 +7,8 @@ batch ("torch") and, for variable lengths, nn.LSTM on a PackedSequence ("torch-p
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -46,7 +48,6 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = {"tang": SHAPES["tang"]} if quick else SHAPES
     torch.manual_seed(0)
-    I, H = 300, None
     modules = {}
 
     def get(I, H):
@@ -73,6 +74,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     H_of = {torch.Size((B, T, I)): H for (B, T, I, H) in shapes.values()}
     impls = {"kdfast": ours, "torch": torch_padded, "torch-packed": torch_packed}
     cases = _cases(device, shapes, (False, True))
+    load_before = os.getloadavg()
     rows = harness.run(cases, impls, device=device, warmup=2 if quick else 3,
                        repeat=5 if quick else 10, max_seconds=4.0 if quick else 8.0)
     ups = harness.speedups(rows, "kdfast", baselines=("torch", "torch-packed"))
@@ -80,6 +82,8 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
         print("  speedup", u)
     meta = harness.machine()
     meta["kdfast_backend"] = "cpu" if (device == "cpu" and _ext.has("cpu")) else device
+    # The dev machine is shared: record how busy it was (1-minute load, before and after).
+    meta["loadavg_1min"] = f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
     flops = {c.name: c.flops for c in cases}
     for r in rows:
         r["gflops"] = flops[r["case"]][r["mode"]] / (r["ms"] * 1e6)
