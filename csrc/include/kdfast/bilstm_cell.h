@@ -1,0 +1,146 @@
+// Fused LSTM gate epilogues for one batch row, CPU version (plain C++, no torch headers).
+//
+// Gate order and formulas are those of torch.nn.LSTM: pre-activations a = [a_i, a_f, a_g, a_o]
+// (4 blocks of H), i = sigmoid(a_i), f = sigmoid(a_f), g = tanh(a_g), o = sigmoid(a_o),
+// c' = f * c + i * g, h' = o * tanh(c').
+// The kernels that include this are compiled once per ISA (KDFAST_CPU_CLONES, cpu_math.h);
+// the loops are branch-free so that GCC vectorises them.
+#pragma once
+
+#include "kdfast/cpu_math.h"
+
+namespace kdfast::cpu {
+
+KDFAST_INLINE float sigmoid_acc(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+KDFAST_INLINE double sigmoid_acc(double x) { return 1.0 / (1.0 + __builtin_exp(-x)); }
+// tanh(x) = 1 - 2 / (1 + exp(2x)); saturates to +-1 exactly (fast_exp clamps its argument).
+KDFAST_INLINE float tanh_acc(float x) { return 1.0f - 2.0f / (1.0f + fast_exp(2.0f * x)); }
+KDFAST_INLINE double tanh_acc(double x) { return __builtin_tanh(x); }
+
+// Forward step of one row. gx: [4H] input projection + bias (x W_ih^T + b_ih + b_hh);
+// rec: [4H] recurrent part (h W_hh^T); c: [H] cell state, updated in place; h: [H] new hidden
+// state; out: [H] the output row. When SAVE, the activated gates overwrite gx and the new
+// cell state is copied to cell_save (what backward needs).
+template <bool SAVE, class T>
+KDFAST_INLINE void lstm_fwd_row(T* __restrict gx, const T* __restrict rec, T* __restrict c,
+                                T* __restrict h, T* __restrict out, T* __restrict cell_save,
+                                int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = sigmoid_acc(gx[j] + rec[j]);
+    const T f = sigmoid_acc(gx[H + j] + rec[H + j]);
+    const T g = tanh_acc(gx[2 * H + j] + rec[2 * H + j]);
+    const T o = sigmoid_acc(gx[3 * H + j] + rec[3 * H + j]);
+    const T cn = f * c[j] + i * g;
+    const T hn = o * tanh_acc(cn);
+    c[j] = cn;
+    h[j] = hn;
+    out[j] = hn;
+    if constexpr (SAVE) {
+      gx[j] = i;
+      gx[H + j] = f;
+      gx[2 * H + j] = g;
+      gx[3 * H + j] = o;
+      cell_save[j] = cn;
+    }
+  }
+}
+
+// Backward step of one row. gates: [4H] saved activations (i, f, g, o); c: [H] this step's
+// cell state; c_prev: [H] the previous one; dout: [H] gradient of this step's output;
+// dh: [H] gradient reaching h from later steps (W_hh^T da of the next step, or dh_n);
+// dc: [H] gradient reaching c from later steps, replaced by the one for c_prev.
+// Writes the pre-activation gradient da [4H] to both da (contiguous scratch for the step's
+// GEMM) and da_save (its place in the [B, T, 8H] buffer of the GEMMs after the loop).
+template <class T>
+KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c,
+                                const T* __restrict c_prev, const T* __restrict dout,
+                                const T* __restrict dh, T* __restrict dc, T* __restrict da,
+                                T* __restrict da_save, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
+    const T tc = tanh_acc(c[j]);
+    const T dhj = dh[j] + dout[j];
+    const T dcj = dc[j] + dhj * o * (T(1) - tc * tc);
+    const T dai = dcj * g * i * (T(1) - i);
+    const T daf = dcj * c_prev[j] * f * (T(1) - f);
+    const T dag = dcj * i * (T(1) - g * g);
+    const T dao = dhj * tc * o * (T(1) - o);
+    dc[j] = dcj * f;
+    da[j] = dai;
+    da[H + j] = daf;
+    da[2 * H + j] = dag;
+    da[3 * H + j] = dao;
+    da_save[j] = dai;
+    da_save[H + j] = daf;
+    da_save[2 * H + j] = dag;
+    da_save[3 * H + j] = dao;
+  }
+}
+
+// The per-step recurrent GEMM, C[n, N] = A[n, K] @ B[K, N], with B packed once per call into
+// column panels of NB = 4 vectors (64 bytes each): panel p holds B[k][p*NB + j] at
+// Bp[(p*K + k)*NB + j], zero past N. C has room for whole panels (ldc >= panels * NB).
+// Register block: 4 rows x 4 vectors of accumulators, the panel streamed from L1/L2.
+template <class T>
+constexpr int64_t panel_width() { return 4 * 64 / static_cast<int64_t>(sizeof(T)); }
+
+template <class T>
+inline void pack_panels(const T* src, int64_t K, int64_t N, bool src_is_nk, T* dst) {
+  // src is B ([K, N], row-major) or, with src_is_nk, B^T ([N, K], row-major).
+  constexpr int64_t NB = panel_width<T>();
+  const int64_t panels = (N + NB - 1) / NB;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < NB; ++j) {
+        const int64_t col = p * NB + j;
+        dst[(p * K + k) * NB + j] = col >= N ? T(0) : (src_is_nk ? src[col * K + k] : src[k * N + col]);
+      }
+}
+
+template <int MR, class T, class V>
+KDFAST_INLINE void gemm_micro(const T* __restrict a, int64_t lda, const T* __restrict bp, int64_t K,
+                              T* __restrict c, int64_t ldc) {
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  V acc[MR][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V b[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) std::memcpy(&b[v], bp + k * 4 * L + v * L, sizeof(V));
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const T x = a[r * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[r][v] += x * b[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
+}
+
+template <class T, class V>
+KDFAST_INLINE void gemm_packed(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,
+                               const T* bp, T* c, int64_t ldc) {
+  constexpr int64_t NB = 4 * sizeof(V) / sizeof(T);
+  for (int64_t p = 0; p < panels; ++p) {
+    const T* panel = bp + p * K * NB;
+    T* cp = c + p * NB;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) gemm_micro<4, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc);
+    switch (n - r) {
+      case 3: gemm_micro<3, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      case 2: gemm_micro<2, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      case 1: gemm_micro<1, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace kdfast::cpu
