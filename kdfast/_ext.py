@@ -53,6 +53,11 @@ def has(backend: str) -> bool:
     return backend in _modules
 
 
+def has_op(name: str) -> bool:
+    """Whether ``torch.ops.kdfast.<name>`` is defined (its schema lives in kdfast._C)."""
+    return "cpu" in _modules and hasattr(torch.ops.kdfast, name)
+
+
 def why_missing(backend: str) -> str | None:
     return _missing.get(backend)
 

@@ -62,7 +62,7 @@ def _backward(ctx, g_out, g_hn, g_cn, _g_gates, _g_cells):
     return (dx if need_dx else None, dw_ih, dw_hh, db if need_db else None, None, dh0, dc0, None)
 
 
-if _ext.has("cpu") or _ext.module("cuda_built") is not None or _ext.has("cuda"):
+if _ext.has_op("bilstm_layer"):
     torch.library.register_fake("kdfast::bilstm_layer")(_layer_fake)
     torch.library.register_fake("kdfast::bilstm_layer_backward")(_layer_backward_fake)
     torch.library.register_autograd("kdfast::bilstm_layer", _backward,

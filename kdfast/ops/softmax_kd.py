@@ -55,7 +55,7 @@ def _is_one_on_cpu(grad_loss: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()))
 
 
-if _ext.has("cpu"):  # kdfast._C defines the schema that the CPU and CUDA kernels implement
+if _ext.has_op("kd_loss"):  # the schema that the CPU and CUDA kernels implement
     torch.library.register_fake("kdfast::kd_loss")(_fake)
     torch.library.register_autograd("kdfast::kd_loss", _backward, setup_context=_setup_context)
 

@@ -40,7 +40,7 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     return grad * grad_loss.to(grad.dtype), None, None, None, None, None
 
 
-_HAS_OP = _ext.has("cpu")
+_HAS_OP = _ext.has_op("value_relation")
 if _HAS_OP:
     torch.library.register_fake("kdfast::value_relation")(_fake)
     torch.library.register_autograd("kdfast::value_relation", _backward, setup_context=_setup_context)
