@@ -25,8 +25,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+BENCH ?= losses intermediate bilstm etd
 bench: install
-	$(VENV)/bin/kdfast bench losses
+	for suite in $(BENCH); do $(VENV)/bin/kdfast bench $$suite || exit 1; done
 
 cuda-check:
 	$(PY) -m pytest -q tests/test_cuda_compile.py
