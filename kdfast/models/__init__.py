@@ -1,0 +1,1 @@
+"""Helpers around HuggingFace models (capturing internals for intermediate-layer losses)."""
