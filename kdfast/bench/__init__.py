@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-SUITES = {"losses": "kdfast.bench.losses"}
+SUITES = {"losses": "kdfast.bench.losses",
+          "etd": "kdfast.bench.etd"}
 
 
 def run_bench(args) -> int:

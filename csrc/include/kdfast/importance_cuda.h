@@ -1,0 +1,26 @@
+// Launchers of the CUDA unit-importance reduction (csrc/cuda/importance.cu), callable from the
+// torch glue (csrc/cuda/importance_cuda.cpp) without CUDA half/bf16 types in the interface.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace kdfast::cuda {
+
+enum UnitDtype : int { UNIT_F32 = 0, UNIT_F64 = 1, UNIT_BF16 = 2, UNIT_F16 = 3 };
+
+// Rows per partial sum: the glue allocates unit_taylor_chunks(T) * K accumulators.
+constexpr int64_t kUnitRowsPerChunk = 256;
+inline int64_t unit_taylor_chunks(int64_t rows) {
+  return rows == 0 ? 0 : (rows + kUnitRowsPerChunk - 1) / kUnitRowsPerChunk;
+}
+
+// out[u] = sum_{t, j in unit u} a[t, k] * g[t, k] for contiguous a, g [rows, K].
+// `partial` (chunks * K accumulators) and `out` (units) are float, or double for UNIT_F64.
+// Deterministic: fixed-order reductions, no atomics.
+cudaError_t unit_taylor_launch(const void* a, const void* g, void* partial, void* out,
+                               int64_t rows, int64_t K, int64_t units, UnitDtype dtype,
+                               cudaStream_t stream);
+
+}  // namespace kdfast::cuda

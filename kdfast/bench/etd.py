@@ -1,0 +1,135 @@
+"""ETD importance-scoring throughput (``kdfast bench etd``).
+
+Scores the real all-MiniLM-L6-v2 teacher (offline, via kdfast.data.fetch) on movie-review
+sentences at a fixed batch size with four procedures, all on the same batches and loss:
+
+* ``headmask``        -- the bertology procedure (Michel et al.): a head-mask gate that requires
+                         grad on every layer's context (transformers 5.x has no head_mask),
+                         parameters requiring grad as in run_bertology, |dL/dxi| per batch;
+                         heads only;
+* ``headmask+taylor`` -- the reference (kdfast.reference.importance): the same pass plus
+                         autograd Taylor sums of the parameters for FFN neurons and hidden dims;
+* ``kdfast``          -- kdfast.etd.importance: heads + FFN + hidden from activation x gradient
+                         sums (frozen parameters, fused unit_taylor kernel);
+* ``kdfast-heads``    -- kdfast.etd.importance(heads only).
+
+Two losses: ``proxy`` (BertModel, the label-free masked-input proxy, which includes a no-grad
+clean forward in every procedure) and ``task`` (BertForSequenceClassification on the teacher
+with a seeded random classifier and the sentiment labels). Reported: median ms per batch and
+sentences/s; the notes give the speedups and the largest score difference between procedures.
+"""
+from __future__ import annotations
+
+import torch
+
+from kdfast.bench import harness
+
+
+def _headmask(model, batches, loss_fn=None):
+    """Bertology-style head importance: gate on the context, parameters require grad."""
+    from kdfast.etd import _bert
+    from kdfast.etd.importance import _finish, _loss_chooser
+
+    base = _bert.base_model(model)
+    cfg = base.config
+    n_heads, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    gates = [torch.ones(n_heads, requires_grad=True) for _ in base.encoder.layer]
+    active = [False]
+
+    def hook(i):
+        def fn(module, args, output):
+            if not active[0]:
+                return output
+            return (output[0] * gates[i].repeat_interleave(d),) + tuple(output[1:])
+        return fn
+
+    handles = [layer.attention.self.register_forward_hook(hook(i))
+               for i, layer in enumerate(base.encoder.layer)]
+    choose = _loss_chooser(model, base, loss_fn)
+    heads = torch.zeros(len(gates), n_heads)
+    try:
+        model.eval()
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            for g in gates:
+                g.grad = None
+            loss = _bert.batch_loss(model, batch, choose(batch), lambda: active.__setitem__(0, True))
+            loss.backward()
+            active[0] = False
+            for i, g in enumerate(gates):
+                heads[i] += g.grad.abs()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    return _finish(heads, None, None, len(batches), 0)
+
+
+def main(quick: bool, out_dir: str) -> int:
+    from transformers import BertForSequenceClassification, BertModel
+
+    from kdfast.data.fetch import fetch
+    from kdfast.etd import importance
+    from kdfast.etd.cli import load_sentences, load_teacher, make_batches
+    from kdfast.reference.importance import importance_reference
+
+    batch_size, max_length, n_batches = (16, 48, 2) if quick else (32, 64, 4)
+    teacher, tok, path = load_teacher("minilm-l6")
+    rows_all = load_sentences("movie-sentences")
+    with open(fetch("movie-sentences"), encoding="utf-8", errors="replace") as f:
+        ratings = [float(line.split("\t")[1]) for line in f if line.count("\t") >= 2]
+    sentences = rows_all[: batch_size * n_batches]
+    batches = list(make_batches(tok, sentences, batch_size, max_length))
+    labelled = []
+    for i, b in enumerate(batches):
+        r = ratings[i * batch_size: i * batch_size + b["input_ids"].shape[0]]
+        labelled.append(dict(b, labels=torch.tensor([int(x > 0) for x in r])))
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    models = {"proxy": (teacher, batches), "task": (clf, labelled)}
+    meta = harness.machine()
+    rows, notes = [], []
+    for loss_name, (model, data) in models.items():
+        procs = {
+            "headmask": lambda m=model, d=data: _headmask(m, d),
+            "headmask+taylor": lambda m=model, d=data: importance_reference(m, d),
+            "kdfast": lambda m=model, d=data: importance(m, d),
+            "kdfast-heads": lambda m=model, d=data: importance(m, d, ffn=False, hidden=False),
+        }
+        scores = {name: fn() for name, fn in procs.items()}
+        ref = scores["headmask+taylor"]
+        diffs = {k: float((getattr(scores["kdfast"], k) - getattr(ref, k)).abs().max() /
+                          getattr(ref, k).abs().max()) for k in ("heads", "ffn", "hidden")}
+        diffs["heads vs headmask"] = float((scores["kdfast"].heads - scores["headmask"].heads)
+                                           .abs().max())
+        case = f"minilm-l6 {loss_name} B={batch_size} L<={max_length}"
+        times = {}
+        for name, fn in procs.items():
+            ms, _ = harness.time_call(fn, "cpu", warmup=1, repeat=2 if quick else 3,
+                                      max_seconds=120)
+            ms /= len(data)
+            times[name] = ms
+            sps = batch_size / (ms * 1e-3)
+            rows.append({"case": case, "mode": "score", "impl": name, "ms": ms,
+                         "sentences_per_s": sps, "peak_extra_mb": None})
+            print(f"  {case:40s} {name:16s} {ms:9.1f} ms/batch {sps:8.1f} sentences/s")
+        notes.append(
+            f"- {case}: kdfast (heads+FFN+hidden) vs headmask (heads only) "
+            f"{times['headmask'] / times['kdfast']:.2f}x, vs headmask+taylor (all three) "
+            f"{times['headmask+taylor'] / times['kdfast']:.2f}x; kdfast-heads vs headmask "
+            f"{times['headmask'] / times['kdfast-heads']:.2f}x. Max relative score difference "
+            f"kdfast vs reference: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()
+                                                  if k != "heads vs headmask")
+            + f"; normalised head scores kdfast vs headmask: max abs diff "
+            f"{diffs['heads vs headmask']:.1e}.")
+    for r in rows:
+        r["ms_per_batch"] = r["ms"]
+    text = ("Scoring throughput, sentences/s = batch size / (ms per batch). Times are per batch "
+            "(median over repeats of a pass over the batches). CPU only: no GPU in this task, "
+            "GPU numbers not measured.\n\n" + "\n".join(notes) + "\n\n| case | impl | sentences/s |\n"
+            "|---|---|---|\n" + "\n".join(f"| {r['case']} | {r['impl']} | {r['sentences_per_s']:.1f} |"
+                                          for r in rows))
+    path_md = harness.write(rows, out_dir, f"etd-{'cuda' if torch.cuda.is_available() else 'cpu'}",
+                            meta, notes=text)
+    print(f"wrote {path_md}")
+    return 0
