@@ -1,0 +1,176 @@
+"""kdfast.distill.Distiller: training, exact resume, DDP equivalence, outputs, errors."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from kdfast.distill import Distiller, load_student
+from kdfast.nn.students import BiLSTMClassifier, SRAEncoder
+
+VOCAB = 40
+
+
+def _examples(n, seed=0, classes=2):
+    """Synthetic token sequences; the 'teacher' logits are a fixed function of the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(VOCAB, classes, generator=g) * 0.3  # a learnable rule: which half of the
+    w[: VOCAB // 2, 0] += 1.0                              # vocabulary dominates the sentence
+    w[VOCAB // 2:, 1] += 1.0
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, VOCAB, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g)
+        logits = w[ids].mean(0) * 3
+        out.append({"s_ids": ids.tolist(), "label": int(logits.argmax()), "t_logits": logits.tolist(),
+                    "t_vec": torch.cat([logits, logits.tanh()]).tolist()})
+    return out
+
+
+def _student(seed=0, dropout=0.2):
+    torch.manual_seed(seed)
+    return BiLSTMClassifier(VOCAB, 2, embed_dim=8, hidden_size=8, fc_size=8, dropout=dropout)
+
+
+OPTS = dict(batch_size=8, optimizer="adam", lr=1e-2, progress=False, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: threads only add overhead (and the machine is shared)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distillation_learns_saves_and_reloads(tmp_path):
+    train, dev = _examples(160), _examples(40, seed=1)
+    s = _student()
+    res = Distiller(None, s, "mse", train_data=train, dev_data=dev, test_data=dev,
+                    out_dir=tmp_path / "run", epochs=8, alpha=0.2, **OPTS).train()
+    losses = [l for _, l in res["loss_history"]]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    assert res["dev"]["accuracy"] > 0.6 and res["best_step"] is not None
+    for name in ("results.json", "report.md", "loss_curve.png", "student/config.json",
+                 "student/model.safetensors", "checkpoint/last.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    again = load_student(tmp_path / "run" / "student")
+    assert isinstance(again, BiLSTMClassifier) and not again.training
+    s.eval()
+    b = {"s_input": torch.tensor([[3, 4, 5]]), "s_lengths": torch.tensor([3])}
+    torch.testing.assert_close(again.forward_batch(b), s.forward_batch(b), rtol=0, atol=0)
+
+
+def test_sra_loss_and_hard_labels_train():
+    data = _examples(64)
+    enc = SRAEncoder(VOCAB, teacher_hidden=4, embed_dim=8, hidden_size=8)
+    res = Distiller(None, enc, "sra-cosine", train_data=data, epochs=3, **OPTS).train()
+    assert res["loss_history"][-1][1] < res["loss_history"][0][1]
+    res = Distiller(None, _student(), "ce", train_data=data, epochs=5, **OPTS).train()
+    first, last = res["loss_history"][:4], res["loss_history"][-4:]
+    assert sum(l for _, l in last) < sum(l for _, l in first)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    train, dev = _examples(50), _examples(16, seed=1)
+    kw = dict(train_data=train, dev_data=dev, epochs=3, checkpoint_every=4, **OPTS)
+    full = _student()
+    Distiller(None, full, "mse", out_dir=tmp_path / "a", **kw).train()
+
+    def stop_at_10(d, step):  # dies two steps after the checkpoint at step 8 (mid-epoch)
+        if step == 10:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        Distiller(None, _student(), "mse", out_dir=tmp_path / "b", callbacks=[stop_at_10], **kw).train()
+    resumed = _student(seed=123)  # different init: everything must come from the checkpoint
+    d = Distiller(None, resumed, "mse", out_dir=tmp_path / "b", resume=True, **kw)
+    d.train()
+    assert d.state["step"] == 21
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    s = _student(dropout=0.0)
+    d = Distiller(None, s, "mse", train_data=_examples(29), epochs=2, device="cpu",
+                  **{**OPTS, "optimizer": "sgd", "lr": 0.5})
+    d.train()
+    if rank == 0:
+        torch.save(s.state_dict(), path)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch: ~30 s on 2 busy cores
+def test_ddp_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    path = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    single = _student(dropout=0.0)
+    Distiller(None, single, "mse", train_data=_examples(29), epochs=2, device="cpu",
+              **{**OPTS, "optimizer": "sgd", "lr": 0.5}).train()
+    ddp = torch.load(path)
+    moved = 0.0
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6, msg=k)
+        moved += float((v - _student(dropout=0.0).state_dict()[k]).abs().sum())
+    assert moved > 0.1  # the comparison is not between two untrained models
+
+
+def test_no_overwrite_without_permission(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=out, **OPTS)
+    Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=out, overwrite=True,
+              max_steps=1, **OPTS).train()
+    assert (out / "something.txt").read_text() == "keep me" and (out / "student").is_dir()
+
+
+def test_early_stopping_stops_and_keeps_the_best():
+    train = _examples(40)
+    d = Distiller(None, _student(), "mse", train_data=train, dev_data=_examples(16, seed=1),
+                  epochs=50, eval_every=1, patience=2, **{**OPTS, "lr": 0.5, "optimizer": "sgd"})
+    res = d.train()
+    assert res["steps"] < 50 * 5
+    assert res["dev"]["accuracy"] == res["best_dev"]
+
+
+def test_bad_configs_and_data_give_clear_errors():
+    data = _examples(8)
+    with pytest.raises(TypeError, match="unknown training option"):
+        Distiller(None, _student(), "mse", train_data=data, learning_rate=1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        Distiller(None, _student(), "mse", train_data=data, optimizer="lion")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Distiller(None, _student(), "hinge", train_data=data)
+    with pytest.raises(ValueError, match="train_data is empty"):
+        Distiller(None, _student(), "mse", train_data=[])
+    with pytest.raises(ValueError, match="out of range"):
+        Distiller(None, _student(), "ce", train_data=[{**data[0], "label": 2}])
+    with pytest.raises(ValueError, match="needs labels"):
+        Distiller(None, _student(), "ce", train_data=[{"s_ids": [1, 2], "t_logits": [0.0, 1.0]}])
+    with pytest.raises(ValueError, match="needs teacher logits"):
+        Distiller(None, _student(), "kl", train_data=[{"s_ids": [1, 2], "label": 0}])
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        Distiller(None, _student(), "mse", train_data=[{**data[0], "s_ids": [1, VOCAB + 5]}])
+    with pytest.raises(ValueError, match="3 classes"):
+        Distiller(None, _student(), "mse", train_data=[{**data[0], "t_logits": [0.0, 1.0, 2.0]}])
+    with pytest.raises(ValueError, match="alpha"):
+        Distiller(None, _student(), "mse", train_data=data, alpha=1.5)
