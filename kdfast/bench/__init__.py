@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 
 SUITES = {"losses": "kdfast.bench.losses",
-          "etd": "kdfast.bench.etd"}
+          "etd": "kdfast.bench.etd",
+          "bilstm": "kdfast.bench.bilstm"}
 
 
 def run_bench(args) -> int:

@@ -1,16 +1,18 @@
-"""kdfast.nn.BiLSTM -- interim version backed by torch.nn.LSTM (the reference).
+"""kdfast.nn.BiLSTM: a bidirectional LSTM backed by kdfast's fused kernels.
 
-The API is final: ``BiLSTM(input_size, hidden_size, num_layers=1, batch_first=True,
-dropout=0.0, bias=True)`` and ``forward(x, lengths=None, hx=None) -> (output, (h_n, c_n))``
-with the shapes, parameter names and semantics of ``nn.LSTM(bidirectional=True)``;
-``lengths`` gives variable-length sequences without packing (zeros at padded positions).
-The fused kernels replace the body of ``forward``.
+``BiLSTM(input_size, hidden_size, num_layers=1, batch_first=True, dropout=0.0, bias=True)``
+and ``forward(x, lengths=None, hx=None) -> (output, (h_n, c_n))`` with the shapes, parameter
+names and semantics of ``nn.LSTM(bidirectional=True)`` (it is a subclass, so state dicts load
+both ways). ``lengths`` ([B] ints) gives variable-length rows without packing: the numbers of
+nn.LSTM on a PackedSequence, zeros at padded positions. The work is done by
+:func:`kdfast.ops.bilstm` (set ``module.backend`` to force a backend; default ``"auto"``).
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
+
+from kdfast.ops.bilstm import bilstm
 
 
 class BiLSTM(nn.LSTM):
@@ -18,20 +20,24 @@ class BiLSTM(nn.LSTM):
                  bias=True):
         super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=True)
+        self.backend = "auto"
 
     @classmethod
     def from_torch(cls, lstm: nn.LSTM) -> "BiLSTM":
+        if not lstm.bidirectional or getattr(lstm, "proj_size", 0):
+            raise ValueError("BiLSTM.from_torch needs an nn.LSTM with bidirectional=True and no proj_size")
         out = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first,
                   lstm.dropout, lstm.bias)
+        p = next(lstm.parameters())
+        out = out.to(device=p.device, dtype=p.dtype)
         out.load_state_dict(lstm.state_dict())
-        return out.to(next(lstm.parameters()).device)
+        return out
 
     def forward(self, x, lengths=None, hx=None):
-        if lengths is None:
+        if isinstance(x, PackedSequence):  # nn.LSTM's own packed path, for drop-in use
+            if lengths is not None:
+                raise ValueError("lengths cannot be combined with a PackedSequence input")
             return super().forward(x, hx)
-        total = x.shape[1] if self.batch_first else x.shape[0]
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first,
-                                      enforce_sorted=False)
-        out, state = super().forward(packed, hx)
-        out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
-        return out, state
+        return bilstm(x, self._flat_weights, lengths, hx, num_layers=self.num_layers,
+                      bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                      training=self.training, backend=self.backend)

@@ -1,0 +1,347 @@
+// One bidirectional LSTM layer on the CPU: the op schemas for every backend and their CPU
+// implementation (fp32 and fp64; the Python layer runs bf16/fp16 through fp32).
+//
+// bilstm_layer(x[B,T,I], w_ih[2,4H,I], w_hh[2,4H,H], bias[2,4H]?, lengths[B]?, h0[2,B,H],
+//              c0[2,B,H], train) -> (out[B,T,2H], h_n[2,B,H], c_n[2,B,H], gates, cells)
+// Direction 0 runs t = 0..len-1, direction 1 runs t = len-1..0 of each row: the numbers of
+// torch.nn.LSTM(bidirectional=True) on a PackedSequence, without packing. Outputs at padded
+// positions (t >= len) are zero. With train, gates ([B,T,8H], the activated i,f,g,o of both
+// directions) and cells ([B,T,2H], c_t) are what backward needs; otherwise they are empty.
+//
+// Forward: the input projection of both directions is one GEMM over all timesteps; then the
+// recurrence runs with (direction, batch chunk) work items in parallel, each independent for
+// the whole sequence (no barrier per step): per step one small GEMM h W_hh^T and the fused
+// gate epilogue. Rows are visited longest first, so the rows still running at step s are a
+// prefix and the step GEMM skips finished rows.
+// Backward: the dh/dc recurrence the same way (per step da W_hh), then dW_ih, dW_hh, dx and db
+// as large GEMMs/reductions over all timesteps.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "kdfast/bilstm_cell.h"
+
+namespace kdfast::cpu {
+namespace {
+
+using at::native::TransposeType;
+
+// Step epilogues over the rows of one work item, cloned per ISA. rows[k] is the batch index
+// of the k-th row still running at step s; lens its length.
+#define KDFAST_BILSTM_STEPS(SUFFIX, T)                                                         \
+  KDFAST_CPU_CLONES void fwd_rows_##SUFFIX(const int64_t* rows, const int64_t* lens,           \
+                                           int64_t n, int64_t s, int64_t d, T* gx,             \
+                                           const T* rec, T* c, T* h, T* out, T* cells,         \
+                                           int64_t steps, int64_t H) {                         \
+    for (int64_t k = 0; k < n; ++k) {                                                          \
+      const int64_t b = rows[k];                                                               \
+      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
+      const int64_t bt = b * steps + t;                                                        \
+      T* g = gx + bt * 8 * H + d * 4 * H;                                                      \
+      T* o = out + bt * 2 * H + d * H;                                                         \
+      if (cells)                                                                               \
+        lstm_fwd_row<true>(g, rec + k * 4 * H, c + k * H, h + k * H, o,                        \
+                           cells + bt * 2 * H + d * H, H);                                     \
+      else                                                                                     \
+        lstm_fwd_row<false>(g, rec + k * 4 * H, c + k * H, h + k * H, o, (T*)nullptr, H);      \
+    }                                                                                          \
+  }                                                                                            \
+  KDFAST_CPU_CLONES void bwd_rows_##SUFFIX(                                                    \
+      const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, int64_t d,               \
+      const T* gates, const T* cells, const T* h0, const T* c0, const T* out, const T* dout,   \
+      const T* dh, T* dc, T* da, T* dgates, T* hprev, int64_t steps, int64_t H) {              \
+    for (int64_t k = 0; k < n; ++k) {                                                          \
+      const int64_t b = rows[k];                                                               \
+      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
+      const int64_t tp = d == 0 ? t - 1 : t + 1;                                               \
+      const int64_t bt = b * steps + t, btp = b * steps + tp;                                  \
+      const T* cp = s == 0 ? c0 + b * H : cells + btp * 2 * H + d * H;                         \
+      const T* hp = s == 0 ? h0 + b * H : out + btp * 2 * H + d * H;                           \
+      T* hq = hprev + bt * 2 * H + d * H;                                                      \
+      for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                           \
+      lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,             \
+                   dout + bt * 2 * H + d * H, dh + k * H, dc + k * H, da + k * 4 * H,           \
+                   dgates + bt * 8 * H + d * 4 * H, H);                                        \
+    }                                                                                          \
+  }
+KDFAST_BILSTM_STEPS(f32, float)
+KDFAST_BILSTM_STEPS(f64, double)
+#undef KDFAST_BILSTM_STEPS
+
+KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
+                            float* gx, const float* rec, float* c, float* h, float* out,
+                            float* cells, int64_t steps, int64_t H) {
+  fwd_rows_f32(r, l, n, s, d, gx, rec, c, h, out, cells, steps, H);
+}
+KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
+                            double* gx, const double* rec, double* c, double* h, double* out,
+                            double* cells, int64_t steps, int64_t H) {
+  fwd_rows_f64(r, l, n, s, d, gx, rec, c, h, out, cells, steps, H);
+}
+KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
+                            const float* gates, const float* cells, const float* h0,
+                            const float* c0, const float* out, const float* dout, const float* dh,
+                            float* dc, float* da, float* dgates, float* hprev, int64_t steps,
+                            int64_t H) {
+  bwd_rows_f32(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, dc, da, dgates, hprev, steps, H);
+}
+KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
+                            const double* gates, const double* cells, const double* h0,
+                            const double* c0, const double* out, const double* dout,
+                            const double* dh, double* dc, double* da, double* dgates,
+                            double* hprev, int64_t steps, int64_t H) {
+  bwd_rows_f64(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, dc, da, dgates, hprev, steps, H);
+}
+
+// Row-major C[m,n] = A[m,k] @ op(B) with BLAS (column-major): C^T = op(B)^T A^T.
+// b_rows_are_n: B is stored [n, k] (so op(B) = B^T); otherwise B is stored [k, n].
+template <class T>
+void gemm_rm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, bool b_rows_are_n, T* c) {
+  if (m == 0) return;
+  if (b_rows_are_n) {
+    at::native::cpublas::gemm(TransposeType::Transpose, TransposeType::NoTranspose, n, m, k, T(1),
+                              b, k, a, k, T(0), c, n);
+  } else {
+    at::native::cpublas::gemm(TransposeType::NoTranspose, TransposeType::NoTranspose, n, m, k,
+                              T(1), b, n, a, k, T(0), c, n);
+  }
+}
+
+// The work items: direction d x chunk of rows. Chunk ch holds the rows at sorted positions
+// ch, ch + nch, ...: each chunk stays sorted longest first and the chunks get similar work.
+struct Plan {
+  int64_t B, steps, nch;
+  std::vector<int64_t> lens, order;
+  std::vector<int64_t> rows(int64_t ch) const {
+    std::vector<int64_t> r;
+    for (int64_t p = ch; p < B; p += nch) r.push_back(order[p]);
+    return r;
+  }
+  // Rows of a chunk (sorted longest first) still running at step s.
+  static int64_t active(const std::vector<int64_t>& r, const std::vector<int64_t>& lens, int64_t s) {
+    int64_t n = static_cast<int64_t>(r.size());
+    while (n > 0 && lens[r[n - 1]] <= s) --n;
+    return n;
+  }
+};
+
+Plan make_plan(const std::optional<at::Tensor>& lengths, int64_t B, int64_t steps) {
+  Plan p{B, steps, 1, std::vector<int64_t>(B, steps), std::vector<int64_t>(B)};
+  if (lengths.has_value()) {
+    const auto l = lengths->to(at::kLong).contiguous();
+    const int64_t* lp = l.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(lp[b] >= 1 && lp[b] <= steps, "bilstm_layer: lengths[", b, "] = ", lp[b],
+                  " is outside [1, T = ", steps, "]");
+      p.lens[b] = lp[b];
+    }
+  }
+  std::iota(p.order.begin(), p.order.end(), 0);
+  std::stable_sort(p.order.begin(), p.order.end(),
+                   [&](int64_t a, int64_t b) { return p.lens[a] > p.lens[b]; });
+  // Two directions already give two independent items; more threads split the batch.
+  const int64_t threads = at::get_num_threads();
+  p.nch = std::max<int64_t>(1, std::min<int64_t>(B, (threads + 1) / 2));
+  return p;
+}
+
+void check_layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
+                 const at::Tensor& h0, const at::Tensor& c0) {
+  // The Python layer validates user input; these checks guard direct calls of the op.
+  TORCH_CHECK(x.dim() == 3, "bilstm_layer: x must be [B, T, I], got ", x.sizes());
+  const int64_t B = x.size(0), steps = x.size(1), I = x.size(2);
+  TORCH_CHECK(B >= 1 && steps >= 1, "bilstm_layer: x must have B >= 1 and T >= 1");
+  TORCH_CHECK(w_ih.dim() == 3 && w_ih.size(0) == 2 && w_ih.size(2) == I && w_ih.size(1) % 4 == 0,
+              "bilstm_layer: w_ih must be [2, 4H, I], got ", w_ih.sizes());
+  const int64_t H = w_ih.size(1) / 4;
+  TORCH_CHECK(w_hh.sizes() == at::IntArrayRef({2, 4 * H, H}), "bilstm_layer: w_hh must be [2, ",
+              4 * H, ", ", H, "], got ", w_hh.sizes());
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({2, B, H}) && c0.sizes() == h0.sizes(),
+              "bilstm_layer: h0 and c0 must be [2, ", B, ", ", H, "]");
+  for (const at::Tensor* t : {&w_ih, &w_hh, &h0, &c0})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "bilstm_layer: all tensors must share x's dtype and device");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({2, 4 * H}), "bilstm_layer: bias must be [2, 4H]");
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
+                "bilstm_layer: bias must share x's dtype and device");
+  }
+  if (lengths.has_value())
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B &&
+                    !at::isFloatingType(lengths->scalar_type()),
+                "bilstm_layer: lengths must be an integer tensor [B]");
+}
+
+template <class T>
+void forward_impl(const Plan& p, int64_t H, T* gx, const T* w_hh, const T* h0, const T* c0,
+                  T* out, T* cells, T* hn, T* cn) {
+  const int64_t B = p.B, steps = p.steps;
+  at::parallel_for(0, 2 * p.nch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t d = item % 2, ch = item / 2;
+      const auto rows = p.rows(ch);
+      const int64_t n = static_cast<int64_t>(rows.size());
+      std::vector<T> h(n * H), c(n * H), rec(n * 4 * H);
+      for (int64_t k = 0; k < n; ++k) {
+        std::copy_n(h0 + (d * B + rows[k]) * H, H, h.data() + k * H);
+        std::copy_n(c0 + (d * B + rows[k]) * H, H, c.data() + k * H);
+      }
+      const T* R = w_hh + d * 4 * H * H;
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t na = Plan::active(rows, p.lens, s);
+        if (na == 0) break;
+        gemm_rm<T>(na, 4 * H, H, h.data(), R, /*b_rows_are_n=*/true, rec.data());
+        fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, rec.data(), c.data(), h.data(), out,
+                 cells, steps, H);
+      }
+      // Each row's state stopped changing at its own last step.
+      for (int64_t k = 0; k < n; ++k) {
+        std::copy_n(h.data() + k * H, H, hn + (d * B + rows[k]) * H);
+        std::copy_n(c.data() + k * H, H, cn + (d * B + rows[k]) * H);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_layer_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
+    const at::Tensor& h0, const at::Tensor& c0, bool train) {
+  check_layer(x, w_ih, w_hh, bias, lengths, h0, c0);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "bilstm_layer (CPU): dtype must be float32 or float64, got ", x.scalar_type());
+  const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
+  const Plan p = make_plan(lengths, B, steps);
+  // Input projection of both directions and all timesteps: [B*T, I] @ [I, 8H] (+ bias).
+  const auto x2 = x.reshape({B * steps, I});
+  const auto w2 = w_ih.reshape({8 * H, I});
+  auto gx = bias.has_value() ? at::addmm(bias->reshape({8 * H}), x2, w2.t()) : at::mm(x2, w2.t());
+  gx = gx.contiguous();
+  auto out = lengths.has_value() ? at::zeros({B, steps, 2 * H}, x.options())
+                                 : at::empty({B, steps, 2 * H}, x.options());
+  auto cells = train ? at::empty({B, steps, 2 * H}, x.options()) : at::empty({0}, x.options());
+  auto hn = at::empty({2, B, H}, x.options()), cn = at::empty({2, B, H}, x.options());
+  const auto whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bilstm_layer_cpu", [&] {
+    forward_impl<scalar_t>(p, H, gx.mutable_data_ptr<scalar_t>(), whh.const_data_ptr<scalar_t>(),
+                           h0c.const_data_ptr<scalar_t>(), c0c.const_data_ptr<scalar_t>(),
+                           out.mutable_data_ptr<scalar_t>(),
+                           train ? cells.mutable_data_ptr<scalar_t>() : nullptr,
+                           hn.mutable_data_ptr<scalar_t>(), cn.mutable_data_ptr<scalar_t>());
+  });
+  auto gates = train ? gx.view({B, steps, 8 * H}) : at::empty({0}, x.options());
+  return {out, hn, cn, gates, cells};
+}
+
+template <class T>
+void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, const T* w_hh,
+                   const T* h0, const T* c0, const T* out, const T* dout, const T* dhn,
+                   const T* dcn, T* dgates, T* hprev, T* dh0, T* dc0) {
+  const int64_t B = p.B, steps = p.steps;
+  at::parallel_for(0, 2 * p.nch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t d = item % 2, ch = item / 2;
+      const auto rows = p.rows(ch);
+      const int64_t n = static_cast<int64_t>(rows.size());
+      std::vector<T> dh(n * H), dc(n * H), da(n * 4 * H);
+      // A row's dh_n/dc_n enter at its own last step; until then nothing touches them.
+      for (int64_t k = 0; k < n; ++k) {
+        std::copy_n(dhn + (d * B + rows[k]) * H, H, dh.data() + k * H);
+        std::copy_n(dcn + (d * B + rows[k]) * H, H, dc.data() + k * H);
+      }
+      const T* R = w_hh + d * 4 * H * H;
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t na = Plan::active(rows, p.lens, s);
+        if (na == 0) continue;
+        bwd_rows(rows.data(), p.lens.data(), na, s, d, gates, cells, h0 + d * B * H,
+                 c0 + d * B * H, out, dout, dh.data(), dc.data(), da.data(), dgates, hprev, steps,
+                 H);
+        // dh_prev = da @ W_hh: [na, 4H] @ [4H, H].
+        gemm_rm<T>(na, H, 4 * H, da.data(), R, /*b_rows_are_n=*/false, dh.data());
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        std::copy_n(dh.data() + k * H, H, dh0 + (d * B + rows[k]) * H);
+        std::copy_n(dc.data() + k * H, H, dc0 + (d * B + rows[k]) * H);
+      }
+    }
+  });
+}
+
+// Returns (dx or [0], dw_ih, dw_hh, dbias or [0], dh0, dc0).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                          const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& lengths,
+                          const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& out,
+                          const at::Tensor& gates, const at::Tensor& cells, bool need_dx,
+                          bool need_dbias) {
+  check_layer(x, w_ih, w_hh, std::nullopt, lengths, h0, c0);
+  const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef({B, steps, 8 * H}) &&
+                  cells.sizes() == at::IntArrayRef({B, steps, 2 * H}),
+              "bilstm_layer_backward: the forward did not save its state (train=False)");
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_hn.sizes() == h0.sizes() &&
+                  grad_cn.sizes() == c0.sizes(),
+              "bilstm_layer_backward: gradient shapes do not match the outputs");
+  const Plan p = make_plan(lengths, B, steps);
+  const auto opt = x.options();
+  // Padded positions keep zero gradient (they never enter the GEMMs below with a value).
+  auto dgates = lengths.has_value() ? at::zeros({B, steps, 8 * H}, opt)
+                                    : at::empty({B, steps, 8 * H}, opt);
+  auto hprev = lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt)
+                                   : at::empty({B, steps, 2 * H}, opt);
+  auto dh0 = at::empty({2, B, H}, opt), dc0 = at::empty({2, B, H}, opt);
+  const auto g = gates.contiguous(), cl = cells.contiguous(), whh = w_hh.contiguous(),
+             h0c = h0.contiguous(), c0c = c0.contiguous(), o = out.contiguous(),
+             dout = grad_out.contiguous(), dhn = grad_hn.contiguous(), dcn = grad_cn.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bilstm_layer_backward_cpu", [&] {
+    backward_impl<scalar_t>(
+        p, H, g.const_data_ptr<scalar_t>(), cl.const_data_ptr<scalar_t>(),
+        whh.const_data_ptr<scalar_t>(), h0c.const_data_ptr<scalar_t>(),
+        c0c.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(),
+        dout.const_data_ptr<scalar_t>(), dhn.const_data_ptr<scalar_t>(),
+        dcn.const_data_ptr<scalar_t>(), dgates.mutable_data_ptr<scalar_t>(),
+        hprev.mutable_data_ptr<scalar_t>(), dh0.mutable_data_ptr<scalar_t>(),
+        dc0.mutable_data_ptr<scalar_t>());
+  });
+  // The weight gradients as large GEMMs over all (b, t) at once.
+  const auto dg2 = dgates.view({B * steps, 8 * H});
+  const auto x2 = x.reshape({B * steps, I});
+  auto dw_ih = at::mm(dg2.t(), x2).view({2, 4 * H, I});
+  auto dw_hh = at::empty({2, 4 * H, H}, opt);
+  const auto dg3 = dgates.view({B * steps, 2, 4 * H});
+  const auto hp3 = hprev.view({B * steps, 2, H});
+  for (int64_t d = 0; d < 2; ++d) {
+    auto dst = dw_hh.select(0, d);
+    at::mm_out(dst, dg3.select(1, d).t(), hp3.select(1, d));
+  }
+  auto dx = need_dx ? at::mm(dg2, w_ih.reshape({8 * H, I})).view({B, steps, I})
+                    : at::empty({0}, opt);
+  auto db = need_dbias ? dg2.sum(0).view({2, 4 * H}) : at::empty({0}, opt);
+  return {dx, dw_ih, dw_hh, db, dh0, dc0};
+}
+
+}  // namespace
+}  // namespace kdfast::cpu
+
+TORCH_LIBRARY_FRAGMENT(kdfast, m) {
+  m.def(
+      "bilstm_layer(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor? lengths, "
+      "Tensor h0, Tensor c0, bool train) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "bilstm_layer_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, Tensor? lengths, Tensor h0, Tensor c0, Tensor out, "
+      "Tensor gates, Tensor cells, bool need_dx, bool need_dbias) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(kdfast, CPU, m) {
+  m.impl("bilstm_layer", &kdfast::cpu::bilstm_layer_cpu);
+  m.impl("bilstm_layer_backward", &kdfast::cpu::bilstm_layer_backward_cpu);
+}
