@@ -41,6 +41,8 @@ def _teacher(tok, layers=4, seed=0):
 
     torch.manual_seed(seed)
     t = TeacherClassifier(BertModel(_bert_cfg(tok, layers)), 2, pooling="mean")
+    with torch.no_grad():
+        t.head.weight.mul_(30)  # confident teacher logits: a prediction loss with room to drop
     t.has_trained_head = True
     return t
 

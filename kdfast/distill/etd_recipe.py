@@ -161,7 +161,7 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
         from kdfast.distill.tinybert import _load_encoder_teacher
 
         enc, path = _load_encoder_teacher(teacher)
-        t_model = teacher if hasattr(teacher, "encoder") else enc
+        t_model = enc
         if tokenizer is None:
             if path is None:
                 raise ValueError("pass tokenizer= with an in-memory teacher")
