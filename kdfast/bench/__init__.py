@@ -5,7 +5,8 @@ import importlib
 
 SUITES = {"losses": "kdfast.bench.losses",
           "etd": "kdfast.bench.etd",
-          "bilstm": "kdfast.bench.bilstm"}
+          "bilstm": "kdfast.bench.bilstm",
+          "intermediate": "kdfast.bench.intermediate"}
 
 
 def run_bench(args) -> int:

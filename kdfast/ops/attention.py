@@ -29,18 +29,37 @@ def _fake(student, teacher, mask, scale, kind, temperature, compute_grad):
 def _setup_context(ctx, inputs, output):
     grads = output[1]
     ctx.mark_non_differentiable(*grads)
+    # Without this, autograd fills a zero "gradient" for every returned gradient buffer
+    # (a full write of n_layers maps) before calling backward.
+    ctx.set_materialize_grads(False)
     ctx.n_layers = len(inputs[0])
     ctx.save_for_backward(*grads)
 
 
 def _backward(ctx, grad_loss, _grad_of_grads):
-    grads = ctx.saved_tensors
+    grads = ctx.saved_tensors  # raises if a previous backward already used them in place
+    if grad_loss is None:
+        return [None] * len(grads), [None] * len(grads), None, None, None, None, None
     if len(grads) != ctx.n_layers:
         raise RuntimeError(
             "kdfast attention_loss: backward called but the forward ran without compute_grad=True"
         )
-    scaled = [g * grad_loss[i].to(g.dtype) for i, g in enumerate(grads)]
-    return scaled, None, None, None, None, None, None
+    if torch.compiler.is_compiling() or not _eager_tensor(grad_loss):
+        scaled = [g * grad_loss[i].to(g.dtype) for i, g in enumerate(grads)]
+    elif grad_loss.device.type == "cpu":
+        # The fused gradient buffers belong to this node alone, so they are handed out as the
+        # gradient itself: no copy, and no pass at all where the layer's scale is 1 (reading
+        # a CPU scalar is no device sync). A second backward through the same graph
+        # (retain_graph=True) then fails with autograd's "modified by an inplace operation".
+        scaled = [g if w == 1.0 else g.mul_(w) for g, w in zip(grads, grad_loss.tolist())]
+    else:
+        scaled = [g.mul_(grad_loss[i].to(g.dtype)) for i, g in enumerate(grads)]
+    return scaled, [None] * len(grads), None, None, None, None, None
+
+
+def _eager_tensor(x) -> bool:
+    """A plain tensor (not a fake/functional one from a torch.compile trace)."""
+    return type(x) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 if _ext.has("cpu") or _ext.module("cuda_built") is not None or _ext.has("cuda"):

@@ -27,11 +27,14 @@ def _fake(student, teacher, mask, scale, heads, compute_grad):
 
 def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero fill for the gradient output
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None, None
     if grad.numel() == 0 and ctx.needs_input_grad[0]:
         raise RuntimeError("kdfast value_relation: backward called but the forward ran without compute_grad=True")
     return grad * grad_loss.to(grad.dtype), None, None, None, None, None

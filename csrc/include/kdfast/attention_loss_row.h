@@ -66,8 +66,9 @@ KDFAST_INLINE typename C::Acc attn_mse_row(const typename C::T* __restrict s,
 }
 
 // KL(softmax(t/T) || softmax(s/T)) over the keys with wk != 0. es, et: scratch of length L.
-template <class C>
-KDFAST_INLINE typename C::Acc attn_kl_row(const typename C::T* __restrict s,
+// WK: whether key weights are given (a template flag so that each version vectorises).
+template <class C, bool WK>
+KDFAST_INLINE typename C::Acc attn_kl_row_impl(const typename C::T* __restrict s,
                                           const typename C::T* __restrict t,
                                           typename C::T* __restrict g,
                                           const typename C::Acc* __restrict wk, int64_t L,
@@ -83,7 +84,7 @@ KDFAST_INLINE typename C::Acc attn_kl_row(const typename C::T* __restrict s,
   Acc smax = ninf, tmax = ninf;
 #pragma omp simd reduction(max : smax, tmax)
   for (int64_t j = 0; j < L; ++j) {
-    const bool real = wk ? wk[j] != zero : true;
+    const bool real = WK ? wk[j] != zero : true;
     const Acc a = real ? C::load(s[j]) : ninf, b = real ? C::load(t[j]) : ninf;
     smax = a > smax ? a : smax;
     tmax = b > tmax ? b : tmax;
@@ -96,7 +97,7 @@ KDFAST_INLINE typename C::Acc attn_kl_row(const typename C::T* __restrict s,
   Acc zs = 0, zt = 0, dot = 0;
 #pragma omp simd reduction(+ : zs, zt, dot)
   for (int64_t j = 0; j < L; ++j) {
-    const bool real = wk ? wk[j] != zero : true;
+    const bool real = WK ? wk[j] != zero : true;
     const Acc a = real ? C::load(s[j]) * inv_t - ms : ninf;  // <= 0
     const Acc b = real ? C::load(t[j]) * inv_t - mt : ninf;
     const Acc ea = exp_acc(a), eb = exp_acc(b);
@@ -113,6 +114,18 @@ KDFAST_INLINE typename C::Acc attn_kl_row(const typename C::T* __restrict s,
     for (int64_t j = 0; j < L; ++j) g[j] = C::store(cs * es[j] - ct * et[j]);
   }
   return c * loss;
+}
+
+template <class C>
+KDFAST_INLINE typename C::Acc attn_kl_row(const typename C::T* __restrict s,
+                                          const typename C::T* __restrict t,
+                                          typename C::T* __restrict g,
+                                          const typename C::Acc* __restrict wk, int64_t L,
+                                          typename C::Acc inv_t, typename C::Acc c,
+                                          typename C::Acc* __restrict es,
+                                          typename C::Acc* __restrict et) {
+  return wk ? attn_kl_row_impl<C, true>(s, t, g, wk, L, inv_t, c, es, et)
+            : attn_kl_row_impl<C, false>(s, t, g, wk, L, inv_t, c, es, et);
 }
 
 }  // namespace kdfast::cpu
