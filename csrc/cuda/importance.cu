@@ -1,7 +1,7 @@
 // ETD importance scoring on the GPU: out[u] = sum over rows and over the columns of unit u of
 // act * grad (see csrc/include/kdfast/importance_rows.h for why these sums are the Taylor
 // scores). Two kernels, both deterministic:
-//   1. column partials: block (x: 128 columns, y: a chunk of kUnitRowsPerChunk rows); each
+//   1. column partials: block (x: 128 columns, y: a chunk of >= 256 rows); each
 //      thread walks its column down the chunk (coalesced across the warp) in fp32/fp64;
 //   2. unit sums: one block per unit reduces its chunks x columns partials in a fixed order.
 #include <cuda_bf16.h>
@@ -42,13 +42,13 @@ constexpr int kReduceThreads = 256;
 template <class T>
 __global__ void column_partials(const T* __restrict__ a, const T* __restrict__ g,
                                 typename Load<T>::Acc* __restrict__ partial, int64_t rows,
-                                int64_t K) {
+                                int64_t K, int64_t per_chunk) {
   using Acc = typename Load<T>::Acc;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
   if (k >= K) return;
   const int64_t chunk = blockIdx.y;
-  const int64_t r0 = chunk * kUnitRowsPerChunk;
-  const int64_t r1 = r0 + kUnitRowsPerChunk < rows ? r0 + kUnitRowsPerChunk : rows;
+  const int64_t r0 = chunk * per_chunk;
+  const int64_t r1 = r0 + per_chunk < rows ? r0 + per_chunk : rows;
   Acc s = 0;
   for (int64_t r = r0; r < r1; ++r) s += Load<T>::f(a[r * K + k]) * Load<T>::f(g[r * K + k]);
   partial[chunk * K + k] = s;
@@ -83,7 +83,8 @@ cudaError_t launch(const void* a, const void* g, void* partial, void* out, int64
   if (chunks > 0 && K > 0) {
     const dim3 grid(static_cast<unsigned>((K + kCols - 1) / kCols), static_cast<unsigned>(chunks));
     column_partials<T><<<grid, kCols, 0, stream>>>(static_cast<const T*>(a),
-                                                   static_cast<const T*>(g), p, rows, K);
+                                                   static_cast<const T*>(g), p, rows, K,
+                                                   unit_taylor_rows_per_chunk(rows));
   }
   if (units > 0) {
     unit_sums<Acc><<<static_cast<unsigned>(units), kReduceThreads, 0, stream>>>(

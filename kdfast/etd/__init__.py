@@ -7,4 +7,4 @@
 from kdfast.etd.extract import extract, select_units
 from kdfast.etd.importance import Importance, MaskedProxyLoss, importance
 
-__all__ = ["importance", "Importance", "MaskedProxyLoss", "extract", "select_units"]
+__all__ = ["Importance", "MaskedProxyLoss", "extract", "importance", "select_units"]

@@ -44,7 +44,8 @@ def take(batches, num_batches):
 def model_inputs(batch, device, *, labels: bool):
     if not hasattr(batch, "keys") or "input_ids" not in batch:
         raise TypeError("each batch must be a mapping with at least 'input_ids' "
-                        f"(and optionally {INPUT_KEYS[1:] + LABEL_KEYS}), got {type(batch).__name__}")
+                        f"(and optionally {INPUT_KEYS[1:] + LABEL_KEYS}), "
+                        f"got {type(batch).__name__}")
     keys = INPUT_KEYS + (LABEL_KEYS if labels else ())
     return {k: batch[k].to(device) for k in keys if k in batch and batch[k] is not None}
 

@@ -22,7 +22,8 @@ def add_extract_parser(subparsers):
     p = subparsers.add_parser("extract", help="extract a smaller BERT from a teacher (ETD)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", required=True,
-                   help="minilm-l6 (offline all-MiniLM-L6-v2), a local model directory or a hub name")
+                   help="minilm-l6 (offline all-MiniLM-L6-v2), a local model directory "
+                        "or a hub name")
     p.add_argument("--layers", type=int, required=True, help="student layers")
     p.add_argument("--hidden", type=int, required=True, help="student hidden size")
     p.add_argument("--heads", type=int, required=True, help="student attention heads")
@@ -105,7 +106,7 @@ def run_extract(args) -> int:
     from kdfast.etd import extract, importance
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, tokenizer, path = load_teacher(args.teacher)
+    teacher, tokenizer, _ = load_teacher(args.teacher)
     teacher.to(device)
     imp = None
     if args.strategy == "impt":

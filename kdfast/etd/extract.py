@@ -140,7 +140,8 @@ def _check_importance(imp, n, a, d, f, h, need_attn):
         value = getattr(imp, name, None)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
-            raise ValueError(f"importance.{name} must have shape {shape} for this teacher, got {got}")
+            raise ValueError(f"importance.{name} must have shape {shape} for this teacher, "
+                             f"got {got}")
     if need_attn and (getattr(imp, "attn", None) is None or tuple(imp.attn.shape) != (n, a * d)):
         raise ValueError("keeping fewer dims per head needs importance.attn of shape "
                          f"{(n, a * d)} (scored with heads=True)")

@@ -125,7 +125,7 @@ def _finish(heads_raw, ffn, hidden, count, sentences, attn=None) -> Importance:
         raise ValueError("batches is empty: importance needs at least one batch")
 
     def avg(x):
-        return None if x is None else (x / count).float()
+        return None if x is None else (x / count).float().cpu()
 
     heads_raw, ffn, hidden, attn = avg(heads_raw), avg(ffn), avg(hidden), avg(attn)
     heads = None
@@ -146,10 +146,14 @@ class _Recorder:
         self.active = False
         self.batch: dict = {}
         self.handles = []
+        # Heads only: the graph can start at layer 0's context (nothing below it is scored),
+        # which saves the backward through layer 0's Q/K/V and attention and the embeddings.
+        self.context_leaf = heads and not (ffn or hidden)
         e = base.embeddings
-        for name, emb in (("word", e.word_embeddings), ("pos", e.position_embeddings),
-                          ("type", e.token_type_embeddings)):
-            self.handles.append(emb.register_forward_hook(self._leaf(("h", name), hidden)))
+        if not self.context_leaf:
+            for name, emb in (("word", e.word_embeddings), ("pos", e.position_embeddings),
+                              ("type", e.token_type_embeddings)):
+                self.handles.append(emb.register_forward_hook(self._leaf(("h", name), hidden)))
         if hidden:
             self._out(e.LayerNorm, ("h", "emb_ln"))
         for i, layer in enumerate(base.encoder.layer):
@@ -220,9 +224,14 @@ class _Recorder:
 
     def _context(self, i):
         def hook(mod, args, output):
+            if not self.active:
+                return None
             ctx = output[0]
-            if self.active and ctx.requires_grad:
+            if i == 0 and self.context_leaf:
+                ctx = ctx.detach().requires_grad_(True)
+            if ctx.requires_grad:
                 ctx.register_hook(self._record(("a", i), ctx))
+            return (ctx,) + tuple(output[1:])
         return hook
 
 
@@ -246,11 +255,14 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     n_layers, n_heads, head_dim = (cfg.num_hidden_layers, cfg.num_attention_heads,
                                    cfg.hidden_size // cfg.num_attention_heads)
     choose = _loss_chooser(model, base, loss_fn)
-    acc = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
-    heads_tot = torch.zeros(n_layers, n_heads, dtype=acc) if heads else None
-    attn_tot = torch.zeros(n_layers, n_heads * head_dim, dtype=acc) if heads else None
-    ffn_tot = torch.zeros(n_layers, cfg.intermediate_size, dtype=acc) if ffn else None
-    hidden_tot = torch.zeros(cfg.hidden_size, dtype=acc) if hidden else None
+    p0 = next(model.parameters())
+    # Totals live on the model's device: no host sync until the end.
+    zeros = dict(dtype=torch.float64 if p0.dtype == torch.float64 else torch.float32,
+                 device=p0.device)
+    heads_tot = torch.zeros(n_layers, n_heads, **zeros) if heads else None
+    attn_tot = torch.zeros(n_layers, n_heads * head_dim, **zeros) if heads else None
+    ffn_tot = torch.zeros(n_layers, cfg.intermediate_size, **zeros) if ffn else None
+    hidden_tot = torch.zeros(cfg.hidden_size, **zeros) if hidden else None
 
     rec = _Recorder(base, heads=heads, ffn=ffn, hidden=hidden, backend=backend)
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -265,16 +277,18 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
         model.eval()
         for p, _ in flags:
             p.requires_grad_(False)
-        for batch in it:
-            rec.batch = {}
-            loss = _bert.batch_loss(model, batch, choose(batch), lambda: setattr(rec, "active", True))
-            rec.active = False
-            if not loss.requires_grad:
-                raise ValueError("the loss does not depend on the model's activations")
-            loss.backward()
-            _accumulate(rec.batch, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot)
-            count += 1
-            sentences += _bert.batch_size(batch)
+        with torch.enable_grad():  # scoring also works inside a caller's torch.no_grad()
+            for batch in it:
+                rec.batch = {}
+                loss = _bert.batch_loss(model, batch, choose(batch),
+                                        lambda: setattr(rec, "active", True))
+                rec.active = False
+                if not loss.requires_grad:
+                    raise ValueError("the loss does not depend on the model's activations")
+                loss.backward()
+                _accumulate(rec.batch, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot)
+                count += 1
+                sentences += _bert.batch_size(batch)
     finally:
         rec.active = False
         rec.remove()
@@ -289,7 +303,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
 
 def _accumulate(sums, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot):
     for key, v in sums.items():
-        v = v.detach().cpu()
+        v = v.detach()
         kind = key[0]
         if kind == "a":
             i = key[1]

@@ -47,7 +47,8 @@ def check(act, grad, units) -> None:
     _checks.tensor("grad", grad)
     _checks.same("act", act, "grad", grad)
     if act.dim() < 1:
-        raise ValueError(f"act must have at least 1 dimension [..., K], got shape {tuple(act.shape)}")
+        raise ValueError(f"act must have at least 1 dimension [..., K], "
+                         f"got shape {tuple(act.shape)}")
     if isinstance(units, bool) or not isinstance(units, int):
         raise TypeError(f"units must be an int, got {type(units).__name__}")
     k = act.shape[-1]

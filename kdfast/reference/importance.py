@@ -73,7 +73,8 @@ def importance_reference(model, batches, *, loss_fn=None, num_batches=None):
             model.zero_grad(set_to_none=True)
             for g in gates:
                 g.grad = None
-            loss = _bert.batch_loss(model, batch, choose(batch), lambda: active.__setitem__(0, True))
+            loss = _bert.batch_loss(model, batch, choose(batch),
+                                    lambda: active.__setitem__(0, True))
             loss.backward()
             active[0] = False
             for i, g in enumerate(gates):

@@ -10,10 +10,15 @@ namespace kdfast::cuda {
 
 enum UnitDtype : int { UNIT_F32 = 0, UNIT_F64 = 1, UNIT_BF16 = 2, UNIT_F16 = 3 };
 
-// Rows per partial sum: the glue allocates unit_taylor_chunks(T) * K accumulators.
-constexpr int64_t kUnitRowsPerChunk = 256;
+// Rows per partial sum: at least 256, more when needed to keep the chunk count within the
+// grid's y limit (65535). The glue allocates unit_taylor_chunks(rows) * K accumulators.
+inline int64_t unit_taylor_rows_per_chunk(int64_t rows) {
+  const int64_t need = (rows + 65534) / 65535;
+  return need > 256 ? need : 256;
+}
 inline int64_t unit_taylor_chunks(int64_t rows) {
-  return rows == 0 ? 0 : (rows + kUnitRowsPerChunk - 1) / kUnitRowsPerChunk;
+  const int64_t per = unit_taylor_rows_per_chunk(rows);
+  return rows == 0 ? 0 : (rows + per - 1) / per;
 }
 
 // out[u] = sum_{t, j in unit u} a[t, k] * g[t, k] for contiguous a, g [rows, K].
