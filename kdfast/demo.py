@@ -197,9 +197,8 @@ def run_demo(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kdfast.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (for ``kdfast demo``'s parser); all default to None = OPTIONS."""
     for name, (default, typ, help_) in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if typ is bool:
@@ -207,6 +206,12 @@ def main(argv=None) -> int:
                            help=f"{help_} [default: {default}]")
         else:
             p.add_argument(flag, type=typ, default=None, help=f"{help_} [default: {default}]")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kdfast.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     return run_demo(p.parse_args(argv))
 
 

@@ -102,6 +102,20 @@ def test_sra_pretrains_then_finetunes(tiny, tmp_path):
     assert res_kd["stage2"]["transfer_set"]["augmented"] > 0
 
 
+def test_word_vectors_file_initialises_a_multichannel_student(tiny, tmp_path):
+    tok, task, teacher, _, _ = tiny
+    vec = tmp_path / "glove.txt"
+    vec.write_text("\n".join(f"{w} " + " ".join(str(i + k / 10) for k in range(6))
+                             for i, w in enumerate(_tiny.WORDS)) + "\n")
+    student, _ = tang(teacher, task, tmp_path / "mc", tokenizer=tok, n_iter=1, epochs=1,
+                      embeddings=str(vec), embedding_mode="multichannel", **FAST)
+    assert student.config["embed_dim"] == 6 and student.config["embedding_mode"] == "multichannel"
+    frozen = student.encoder.static.weight  # the frozen channel keeps the file's vectors
+    assert not frozen.requires_grad
+    good = tok.convert_tokens_to_ids("good")
+    assert frozen[good].tolist() == pytest.approx([_tiny.WORDS.index("good") + k / 10 for k in range(6)])
+
+
 def test_recipe_errors(tiny, tmp_path):
     tok, task, teacher, _, _ = tiny
     raw = _tiny.teacher(tok)
@@ -166,6 +180,10 @@ def test_cli_finetune_then_distill_with_config_and_overwrite_guard(tmp_path, cap
     assert _cli(["distill", "tang", "--config", str(cfg), "--out", str(out), "--max-steps", "2",
                  "--overwrite", "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 2
+    assert _cli(["distill", "sra", "--config", str(cfg), "--out", str(tmp_path / "sra"),
+                 "--stage1-epochs", "1", "--epochs", "1", "--stage1-loss", "cosine",
+                 "--no-progress"]) == 0
+    assert load_student(tmp_path / "sra" / "stage2" / "student").config["pooling"] == "max"
     with pytest.raises(SystemExit):  # an unknown recipe
         _cli(["distill", "tinybert", "--config", str(cfg), "--out", str(out)])
     bad = tmp_path / "bad.json"

@@ -370,8 +370,8 @@ class Distiller:
 
             bar = tqdm(total=total, initial=st["step"], desc=self.name, unit="step", leave=False)
         stop = st["step"] >= total
-        t0 = time.perf_counter()
-        seen0 = st["examples"]
+        t0 = log_t = time.perf_counter()
+        log_ex = st["examples"]
         try:
             while not stop:
                 g = torch.Generator().manual_seed(c.seed * 1000003 + st["epoch"])
@@ -395,11 +395,19 @@ class Distiller:
                     st["step"] += 1
                     st["pos"] += 1
                     st["examples"] += len(glob)
-                    if st["step"] % c.log_every == 0 or st["step"] == total:
-                        st["history"].append((st["step"], float(loss.detach())))
+                    # running sum on the device: no host sync except at log points
+                    st["loss_sum"] = st.get("loss_sum", 0.0) + loss.detach().float()
+                    st["loss_n"] = st.get("loss_n", 0) + 1
+                    if st["step"] % c.log_every == 0 or st["step"] == total:  # mean since the last log
+                        mean = float(st["loss_sum"]) / st["loss_n"]
+                        st["history"].append((st["step"], mean))
+                        st["loss_sum"], st["loss_n"] = 0.0, 0
+                        if bar is not None:  # throughput over the logging window
+                            now = time.perf_counter()
+                            rate = (st["examples"] - log_ex) / max(1e-9, now - log_t)
+                            bar.set_postfix(loss=f"{mean:.4f}", ex_s=f"{rate:.0f}")
+                            log_t, log_ex = now, st["examples"]
                     if bar is not None:
-                        rate = (st["examples"] - seen0) / max(1e-9, time.perf_counter() - t0)
-                        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{rate:.0f}")
                         bar.update(1)
                     epoch_end = st["pos"] >= spe
                     if epoch_end:
@@ -422,7 +430,7 @@ class Distiller:
                         if c.patience is not None and st["bad_evals"] >= c.patience:
                             done = True
                     st["train_time"] += time.perf_counter() - t0
-                    t0, seen0 = time.perf_counter(), st["examples"]
+                    t0 = time.perf_counter()
                     if (c.checkpoint_every and st["step"] % c.checkpoint_every == 0) or epoch_end or done:
                         self._save_checkpoint({
                             "model": self.student.state_dict(), "optimizer": opt.state_dict(),
