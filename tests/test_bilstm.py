@@ -147,7 +147,7 @@ def test_state_dict_round_trip():
     assert list(ours.state_dict()) == list(lstm.state_dict())
     back = nn.LSTM(11, 6, 2, batch_first=True, bidirectional=True, dropout=0.2)
     back.load_state_dict(BiLSTM.from_torch(lstm).state_dict())
-    ours.eval(), lstm.eval()
+    ours.eval(), lstm.eval(), back.eval()
     x = torch.randn(3, 5, 11)
     torch.testing.assert_close(ours(x)[0], lstm(x)[0], rtol=1e-4, atol=2e-5)
     torch.testing.assert_close(back(x)[0], lstm(x)[0])

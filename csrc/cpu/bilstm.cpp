@@ -13,12 +13,12 @@
 // the whole sequence (no barrier per step): per step one small GEMM h W_hh^T and the fused
 // gate epilogue. Rows are visited longest first, so the rows still running at step s are a
 // prefix and the step GEMM skips finished rows.
-// Backward: the dh/dc recurrence the same way (per step da W_hh), then dW_ih, dW_hh, dx and db
-// as large GEMMs/reductions over all timesteps.
+// Backward: the dh/dc recurrence the same way (per step da W_hh), writing the gate gradients
+// direction-major ([2, B*T, 4H]), then dW_ih, dW_hh, dx and db as large GEMMs/reductions over
+// all timesteps.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <numeric>
@@ -29,15 +29,13 @@
 namespace kdfast::cpu {
 namespace {
 
-using at::native::TransposeType;
-
 // Step epilogues over the rows of one work item, cloned per ISA. rows[k] is the batch index
 // of the k-th row still running at step s; lens its length.
 #define KDFAST_BILSTM_STEPS(SUFFIX, T)                                                         \
   KDFAST_CPU_CLONES void fwd_rows_##SUFFIX(const int64_t* rows, const int64_t* lens,           \
                                            int64_t n, int64_t s, int64_t d, T* gx,             \
-                                           const T* rec, T* c, T* h, T* out, T* cells,         \
-                                           int64_t steps, int64_t H) {                         \
+                                           const T* rec, int64_t ldr, T* c, T* h, T* out,      \
+                                           T* cells, int64_t steps, int64_t H) {               \
     for (int64_t k = 0; k < n; ++k) {                                                          \
       const int64_t b = rows[k];                                                               \
       const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
@@ -45,16 +43,16 @@ using at::native::TransposeType;
       T* g = gx + bt * 8 * H + d * 4 * H;                                                      \
       T* o = out + bt * 2 * H + d * H;                                                         \
       if (cells)                                                                               \
-        lstm_fwd_row<true>(g, rec + k * 4 * H, c + k * H, h + k * H, o,                        \
+        lstm_fwd_row<true>(g, rec + k * ldr, c + k * H, h + k * H, o,                        \
                            cells + bt * 2 * H + d * H, H);                                     \
       else                                                                                     \
-        lstm_fwd_row<false>(g, rec + k * 4 * H, c + k * H, h + k * H, o, (T*)nullptr, H);      \
+        lstm_fwd_row<false>(g, rec + k * ldr, c + k * H, h + k * H, o, (T*)nullptr, H);      \
     }                                                                                          \
   }                                                                                            \
   KDFAST_CPU_CLONES void bwd_rows_##SUFFIX(                                                    \
       const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, int64_t d,               \
       const T* gates, const T* cells, const T* h0, const T* c0, const T* out, const T* dout,   \
-      const T* dh, T* dc, T* da, T* dgates, T* hprev, int64_t steps, int64_t H) {              \
+      const T* dh, int64_t ldd, T* dc, T* da, T* dgates, T* hprev, int64_t steps, int64_t H) { \
     for (int64_t k = 0; k < n; ++k) {                                                          \
       const int64_t b = rows[k];                                                               \
       const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
@@ -62,55 +60,51 @@ using at::native::TransposeType;
       const int64_t bt = b * steps + t, btp = b * steps + tp;                                  \
       const T* cp = s == 0 ? c0 + b * H : cells + btp * 2 * H + d * H;                         \
       const T* hp = s == 0 ? h0 + b * H : out + btp * 2 * H + d * H;                           \
-      T* hq = hprev + bt * 2 * H + d * H;                                                      \
+      T* hq = hprev + bt * H;                                                                  \
       for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                           \
       lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,             \
-                   dout + bt * 2 * H + d * H, dh + k * H, dc + k * H, da + k * 4 * H,           \
-                   dgates + bt * 8 * H + d * 4 * H, H);                                        \
+                   dout + bt * 2 * H + d * H, dh + k * ldd, dc + k * H, da + k * 4 * H,           \
+                   dgates + bt * 4 * H, H);                                                    \
     }                                                                                          \
   }
 KDFAST_BILSTM_STEPS(f32, float)
 KDFAST_BILSTM_STEPS(f64, double)
 #undef KDFAST_BILSTM_STEPS
 
-KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
-                            float* gx, const float* rec, float* c, float* h, float* out,
-                            float* cells, int64_t steps, int64_t H) {
-  fwd_rows_f32(r, l, n, s, d, gx, rec, c, h, out, cells, steps, H);
+typedef float v16sf __attribute__((vector_size(64)));
+typedef double v8df __attribute__((vector_size(64)));
+
+KDFAST_CPU_CLONES void gemm_f32(int64_t n, int64_t K, int64_t panels, const float* a, int64_t lda,
+                                const float* bp, float* c, int64_t ldc) {
+  gemm_packed<float, v16sf>(n, K, panels, a, lda, bp, c, ldc);
 }
-KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
-                            double* gx, const double* rec, double* c, double* h, double* out,
-                            double* cells, int64_t steps, int64_t H) {
-  fwd_rows_f64(r, l, n, s, d, gx, rec, c, h, out, cells, steps, H);
-}
-KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
-                            const float* gates, const float* cells, const float* h0,
-                            const float* c0, const float* out, const float* dout, const float* dh,
-                            float* dc, float* da, float* dgates, float* hprev, int64_t steps,
-                            int64_t H) {
-  bwd_rows_f32(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, dc, da, dgates, hprev, steps, H);
-}
-KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s, int64_t d,
-                            const double* gates, const double* cells, const double* h0,
-                            const double* c0, const double* out, const double* dout,
-                            const double* dh, double* dc, double* da, double* dgates,
-                            double* hprev, int64_t steps, int64_t H) {
-  bwd_rows_f64(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, dc, da, dgates, hprev, steps, H);
+KDFAST_CPU_CLONES void gemm_f64(int64_t n, int64_t K, int64_t panels, const double* a, int64_t lda,
+                                const double* bp, double* c, int64_t ldc) {
+  gemm_packed<double, v8df>(n, K, panels, a, lda, bp, c, ldc);
 }
 
-// Row-major C[m,n] = A[m,k] @ op(B) with BLAS (column-major): C^T = op(B)^T A^T.
-// b_rows_are_n: B is stored [n, k] (so op(B) = B^T); otherwise B is stored [k, n].
-template <class T>
-void gemm_rm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, bool b_rows_are_n, T* c) {
-  if (m == 0) return;
-  if (b_rows_are_n) {
-    at::native::cpublas::gemm(TransposeType::Transpose, TransposeType::NoTranspose, n, m, k, T(1),
-                              b, k, a, k, T(0), c, n);
-  } else {
-    at::native::cpublas::gemm(TransposeType::NoTranspose, TransposeType::NoTranspose, n, m, k,
-                              T(1), b, n, a, k, T(0), c, n);
+// Type-overloaded front doors to the per-ISA clones.
+#define KDFAST_BILSTM_FRONT(SUFFIX, T)                                                         \
+  KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
+                              int64_t d, T* gx, const T* rec, int64_t ldr, T* c, T* h, T* out, \
+                              T* cells, int64_t steps, int64_t H) {                            \
+    fwd_rows_##SUFFIX(r, l, n, s, d, gx, rec, ldr, c, h, out, cells, steps, H);                \
+  }                                                                                            \
+  KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
+                              int64_t d, const T* gates, const T* cells, const T* h0,          \
+                              const T* c0, const T* out, const T* dout, const T* dh,           \
+                              int64_t ldd, T* dc, T* da, T* dgates, T* hprev, int64_t steps,   \
+                              int64_t H) {                                                     \
+    bwd_rows_##SUFFIX(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, ldd, dc, da, dgates, \
+                      hprev, steps, H);                                                        \
+  }                                                                                            \
+  KDFAST_INLINE void gemm(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,       \
+                          const T* bp, T* c, int64_t ldc) {                                    \
+    gemm_##SUFFIX(n, K, panels, a, lda, bp, c, ldc);                                           \
   }
-}
+KDFAST_BILSTM_FRONT(f32, float)
+KDFAST_BILSTM_FRONT(f64, double)
+#undef KDFAST_BILSTM_FRONT
 
 // The work items: direction d x chunk of rows. Chunk ch holds the rows at sorted positions
 // ch, ch + nch, ...: each chunk stays sorted longest first and the chunks get similar work.
@@ -182,23 +176,32 @@ template <class T>
 void forward_impl(const Plan& p, int64_t H, T* gx, const T* w_hh, const T* h0, const T* c0,
                   T* out, T* cells, T* hn, T* cn) {
   const int64_t B = p.B, steps = p.steps;
+  // W_hh^T of both directions packed into GEMM panels once: [2][panels][H][NB].
+  constexpr int64_t NB = panel_width<T>();
+  const int64_t panels = (4 * H + NB - 1) / NB, ldr = panels * NB;
+  std::vector<T> packed_store(2 * H * ldr);
+  T* packed = packed_store.data();
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d)
+      pack_panels(w_hh + d * 4 * H * H, H, 4 * H, /*src_is_nk=*/true, packed + d * H * ldr);
+  });
   at::parallel_for(0, 2 * p.nch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t d = item % 2, ch = item / 2;
       const auto rows = p.rows(ch);
       const int64_t n = static_cast<int64_t>(rows.size());
-      std::vector<T> h(n * H), c(n * H), rec(n * 4 * H);
+      std::vector<T> h(n * H), c(n * H), rec(n * ldr);
       for (int64_t k = 0; k < n; ++k) {
         std::copy_n(h0 + (d * B + rows[k]) * H, H, h.data() + k * H);
         std::copy_n(c0 + (d * B + rows[k]) * H, H, c.data() + k * H);
       }
-      const T* R = w_hh + d * 4 * H * H;
+      const T* R = packed + d * H * ldr;
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t na = Plan::active(rows, p.lens, s);
         if (na == 0) break;
-        gemm_rm<T>(na, 4 * H, H, h.data(), R, /*b_rows_are_n=*/true, rec.data());
-        fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, rec.data(), c.data(), h.data(), out,
-                 cells, steps, H);
+        gemm(na, H, panels, h.data(), H, R, rec.data(), ldr);  // h W_hh^T
+        fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, rec.data(), ldr, c.data(), h.data(),
+                 out, cells, steps, H);
       }
       // Each row's state stopped changing at its own last step.
       for (int64_t k = 0; k < n; ++k) {
@@ -225,7 +228,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
   gx = gx.contiguous();
   auto out = lengths.has_value() ? at::zeros({B, steps, 2 * H}, x.options())
                                  : at::empty({B, steps, 2 * H}, x.options());
-  auto cells = train ? at::empty({B, steps, 2 * H}, x.options()) : at::empty({0}, x.options());
+  // Padded positions of cells are zeroed too: every output is deterministic (opcheck).
+  auto cells = !train ? at::empty({0}, x.options())
+               : lengths.has_value() ? at::zeros({B, steps, 2 * H}, x.options())
+                                     : at::empty({B, steps, 2 * H}, x.options());
   auto hn = at::empty({2, B, H}, x.options()), cn = at::empty({2, B, H}, x.options());
   const auto whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bilstm_layer_cpu", [&] {
@@ -244,29 +250,37 @@ void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, con
                    const T* h0, const T* c0, const T* out, const T* dout, const T* dhn,
                    const T* dcn, T* dgates, T* hprev, T* dh0, T* dc0) {
   const int64_t B = p.B, steps = p.steps;
+  // W_hh of both directions packed into GEMM panels once: [2][panels][4H][NB].
+  constexpr int64_t NB = panel_width<T>();
+  const int64_t panels = (H + NB - 1) / NB, ldd = panels * NB;
+  std::vector<T> packed_store(2 * 4 * H * ldd);
+  T* packed = packed_store.data();
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d)
+      pack_panels(w_hh + d * 4 * H * H, 4 * H, H, /*src_is_nk=*/false, packed + d * 4 * H * ldd);
+  });
   at::parallel_for(0, 2 * p.nch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t d = item % 2, ch = item / 2;
       const auto rows = p.rows(ch);
       const int64_t n = static_cast<int64_t>(rows.size());
-      std::vector<T> dh(n * H), dc(n * H), da(n * 4 * H);
+      std::vector<T> dh(n * ldd), dc(n * H), da(n * 4 * H);
       // A row's dh_n/dc_n enter at its own last step; until then nothing touches them.
       for (int64_t k = 0; k < n; ++k) {
-        std::copy_n(dhn + (d * B + rows[k]) * H, H, dh.data() + k * H);
+        std::copy_n(dhn + (d * B + rows[k]) * H, H, dh.data() + k * ldd);
         std::copy_n(dcn + (d * B + rows[k]) * H, H, dc.data() + k * H);
       }
-      const T* R = w_hh + d * 4 * H * H;
+      const T* R = packed + d * 4 * H * ldd;
       for (int64_t s = steps - 1; s >= 0; --s) {
         const int64_t na = Plan::active(rows, p.lens, s);
         if (na == 0) continue;
         bwd_rows(rows.data(), p.lens.data(), na, s, d, gates, cells, h0 + d * B * H,
-                 c0 + d * B * H, out, dout, dh.data(), dc.data(), da.data(), dgates, hprev, steps,
-                 H);
-        // dh_prev = da @ W_hh: [na, 4H] @ [4H, H].
-        gemm_rm<T>(na, H, 4 * H, da.data(), R, /*b_rows_are_n=*/false, dh.data());
+                 c0 + d * B * H, out, dout, dh.data(), ldd, dc.data(), da.data(),
+                 dgates + d * B * steps * 4 * H, hprev + d * B * steps * H, steps, H);
+        gemm(na, 4 * H, panels, da.data(), 4 * H, R, dh.data(), ldd);  // dh_prev = da W_hh
       }
       for (int64_t k = 0; k < n; ++k) {
-        std::copy_n(dh.data() + k * H, H, dh0 + (d * B + rows[k]) * H);
+        std::copy_n(dh.data() + k * ldd, H, dh0 + (d * B + rows[k]) * H);
         std::copy_n(dc.data() + k * H, H, dc0 + (d * B + rows[k]) * H);
       }
     }
@@ -292,10 +306,11 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
   const Plan p = make_plan(lengths, B, steps);
   const auto opt = x.options();
   // Padded positions keep zero gradient (they never enter the GEMMs below with a value).
-  auto dgates = lengths.has_value() ? at::zeros({B, steps, 8 * H}, opt)
-                                    : at::empty({B, steps, 8 * H}, opt);
-  auto hprev = lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt)
-                                   : at::empty({B, steps, 2 * H}, opt);
+  // Direction-major, so that each direction's GEMM operands below are contiguous.
+  auto dgates = lengths.has_value() ? at::zeros({2, B * steps, 4 * H}, opt)
+                                    : at::empty({2, B * steps, 4 * H}, opt);
+  auto hprev = lengths.has_value() ? at::zeros({2, B * steps, H}, opt)
+                                   : at::empty({2, B * steps, H}, opt);
   auto dh0 = at::empty({2, B, H}, opt), dc0 = at::empty({2, B, H}, opt);
   const auto g = gates.contiguous(), cl = cells.contiguous(), whh = w_hh.contiguous(),
              h0c = h0.contiguous(), c0c = c0.contiguous(), o = out.contiguous(),
@@ -311,19 +326,17 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
         dc0.mutable_data_ptr<scalar_t>());
   });
   // The weight gradients as large GEMMs over all (b, t) at once.
-  const auto dg2 = dgates.view({B * steps, 8 * H});
   const auto x2 = x.reshape({B * steps, I});
-  auto dw_ih = at::mm(dg2.t(), x2).view({2, 4 * H, I});
-  auto dw_hh = at::empty({2, 4 * H, H}, opt);
-  const auto dg3 = dgates.view({B * steps, 2, 4 * H});
-  const auto hp3 = hprev.view({B * steps, 2, H});
-  for (int64_t d = 0; d < 2; ++d) {
-    auto dst = dw_hh.select(0, d);
-    at::mm_out(dst, dg3.select(1, d).t(), hp3.select(1, d));
+  const auto dgt = dgates.transpose(1, 2);  // [2, 4H, B*T]
+  auto dw_ih = at::bmm(dgt, x2.expand({2, B * steps, I}));
+  auto dw_hh = at::bmm(dgt, hprev);
+  at::Tensor dx = at::empty({0}, opt);
+  if (need_dx) {
+    dx = at::mm(dgates[0], w_ih[0]);
+    dx.addmm_(dgates[1], w_ih[1]);
+    dx = dx.view({B, steps, I});
   }
-  auto dx = need_dx ? at::mm(dg2, w_ih.reshape({8 * H, I})).view({B, steps, I})
-                    : at::empty({0}, opt);
-  auto db = need_dbias ? dg2.sum(0).view({2, 4 * H}) : at::empty({0}, opt);
+  auto db = need_dbias ? dgates.sum(1) : at::empty({0}, opt);
   return {dx, dw_ih, dw_hh, db, dh0, dc0};
 }
 

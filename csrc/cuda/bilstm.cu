@@ -194,12 +194,13 @@ __global__ void __launch_bounds__(kThreads) bilstm_backward_kernel(BilstmBackwar
       da[H] = daf;
       da[2 * H] = dag;
       da[3 * H] = dao;
-      T* dg = dgates + bt * 8 * H + d * 4 * H + u;
+      T* dg = dgates + (static_cast<size_t>(d) * B * steps + bt) * 4 * H + u;
       dg[0] = from_f<T>(dai);
       dg[H] = from_f<T>(daf);
       dg[2 * H] = from_f<T>(dag);
       dg[3 * H] = from_f<T>(dao);
-      hprev[bt * 2 * H + d * H + u] = s == 0 ? h0[b * H + u] : out[btp * 2 * H + d * H + u];
+      hprev[(static_cast<size_t>(d) * B * steps + bt) * H + u] =
+          s == 0 ? h0[b * H + u] : out[btp * 2 * H + d * H + u];
     }
     grid.sync();  // da of every unit published
     // dh_{s-1}[:, own units] = da_s @ W_hh[:, own units].

@@ -67,7 +67,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
   auto gx = bias.has_value() ? at::addmm(bias->reshape({8 * H}), x2, w2.t()) : at::mm(x2, w2.t());
   gx = gx.contiguous();
   auto out = lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt) : at::empty({B, steps, 2 * H}, opt);
-  auto cells = train ? at::empty({B, steps, 2 * H}, opt.dtype(at::kFloat)) : at::empty({0}, opt.dtype(at::kFloat));
+  // Padded positions of cells are zeroed too: every output is deterministic (opcheck).
+  auto cells = !train ? at::empty({0}, opt.dtype(at::kFloat))
+               : lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt.dtype(at::kFloat))
+                                     : at::empty({B, steps, 2 * H}, opt.dtype(at::kFloat));
   auto hn = at::empty({2, B, H}, opt), cn = at::empty({2, B, H}, opt);
   at::Tensor lens;
   if (lengths.has_value()) lens = lengths->to(x.device(), at::kLong).contiguous();
@@ -112,8 +115,9 @@ bilstm_layer_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_hn
                   grad_cn.sizes() == c0.sizes(),
               "bilstm_layer_backward: gradient shapes do not match the outputs");
   const auto opt = x.options();
-  auto dgates = lengths.has_value() ? at::zeros({B, steps, 8 * H}, opt) : at::empty({B, steps, 8 * H}, opt);
-  auto hprev = lengths.has_value() ? at::zeros({B, steps, 2 * H}, opt) : at::empty({B, steps, 2 * H}, opt);
+  // Direction-major, so that each direction's GEMM operands below are contiguous.
+  auto dgates = lengths.has_value() ? at::zeros({2, B * steps, 4 * H}, opt) : at::empty({2, B * steps, 4 * H}, opt);
+  auto hprev = lengths.has_value() ? at::zeros({2, B * steps, H}, opt) : at::empty({2, B * steps, H}, opt);
   auto dh0 = at::empty({2, B, H}, opt), dc0 = at::empty({2, B, H}, opt);
   at::Tensor lens;
   if (lengths.has_value()) lens = lengths->to(x.device(), at::kLong).contiguous();
@@ -144,19 +148,17 @@ bilstm_layer_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_hn
   const int err = bilstm_backward(a, code, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "bilstm_layer_backward (CUDA): ", bilstm_error_string(err));
   // Weight and input gradients: large GEMMs over all (b, t), no per-step atomics.
-  const auto dg2 = dgates.view({B * steps, 8 * H});
   const auto x2 = x.reshape({B * steps, I});
-  auto dw_ih = at::mm(dg2.t(), x2).view({2, 4 * H, I});
-  auto dw_hh = at::empty({2, 4 * H, H}, opt);
-  const auto dg3 = dgates.view({B * steps, 2, 4 * H});
-  const auto hp3 = hprev.view({B * steps, 2, H});
-  for (int64_t d = 0; d < 2; ++d) {
-    auto dst = dw_hh.select(0, d);
-    at::mm_out(dst, dg3.select(1, d).t(), hp3.select(1, d));
+  const auto dgt = dgates.transpose(1, 2);  // [2, 4H, B*T]
+  auto dw_ih = at::bmm(dgt, x2.expand({2, B * steps, I}));
+  auto dw_hh = at::bmm(dgt, hprev);
+  at::Tensor dx = at::empty({0}, opt);
+  if (need_dx) {
+    dx = at::mm(dgates[0], w_ih[0]);
+    dx.addmm_(dgates[1], w_ih[1]);
+    dx = dx.view({B, steps, I});
   }
-  auto dx = need_dx ? at::mm(dg2, w_ih.reshape({8 * H, I})).view({B, steps, I}) : at::empty({0}, opt);
-  auto db = need_dbias ? dg2.sum(0, false, at::kFloat).to(x.scalar_type()).view({2, 4 * H})
-                       : at::empty({0}, opt);
+  auto db = need_dbias ? dgates.sum(1, false, at::kFloat).to(x.scalar_type()) : at::empty({0}, opt);
   return {dx, dw_ih, dw_hh, db, dh0, dc0};
 }
 

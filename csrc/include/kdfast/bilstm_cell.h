@@ -79,4 +79,68 @@ KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c
   }
 }
 
+// The per-step recurrent GEMM, C[n, N] = A[n, K] @ B[K, N], with B packed once per call into
+// column panels of NB = 4 vectors (64 bytes each): panel p holds B[k][p*NB + j] at
+// Bp[(p*K + k)*NB + j], zero past N. C has room for whole panels (ldc >= panels * NB).
+// Register block: 4 rows x 4 vectors of accumulators, the panel streamed from L1/L2.
+template <class T>
+constexpr int64_t panel_width() { return 4 * 64 / static_cast<int64_t>(sizeof(T)); }
+
+template <class T>
+inline void pack_panels(const T* src, int64_t K, int64_t N, bool src_is_nk, T* dst) {
+  // src is B ([K, N], row-major) or, with src_is_nk, B^T ([N, K], row-major).
+  constexpr int64_t NB = panel_width<T>();
+  const int64_t panels = (N + NB - 1) / NB;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < NB; ++j) {
+        const int64_t col = p * NB + j;
+        dst[(p * K + k) * NB + j] = col >= N ? T(0) : (src_is_nk ? src[col * K + k] : src[k * N + col]);
+      }
+}
+
+template <int MR, class T, class V>
+KDFAST_INLINE void gemm_micro(const T* __restrict a, int64_t lda, const T* __restrict bp, int64_t K,
+                              T* __restrict c, int64_t ldc) {
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  V acc[MR][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V b[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) std::memcpy(&b[v], bp + k * 4 * L + v * L, sizeof(V));
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const T x = a[r * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[r][v] += x * b[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
+}
+
+template <class T, class V>
+KDFAST_INLINE void gemm_packed(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,
+                               const T* bp, T* c, int64_t ldc) {
+  constexpr int64_t NB = 4 * sizeof(V) / sizeof(T);
+  for (int64_t p = 0; p < panels; ++p) {
+    const T* panel = bp + p * K * NB;
+    T* cp = c + p * NB;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) gemm_micro<4, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc);
+    switch (n - r) {
+      case 3: gemm_micro<3, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      case 2: gemm_micro<2, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      case 1: gemm_micro<1, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace kdfast::cpu

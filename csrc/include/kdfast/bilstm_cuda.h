@@ -43,8 +43,8 @@ struct BilstmBackwardArgs {
   const void* dout;        // [B, T, 2H]
   const void* dhn;         // [2, B, H]
   const void* dcn;         // [2, B, H]
-  void* dgates;            // [B, T, 8H]; zeroed by the caller when lengths is given
-  void* hprev;             // [B, T, 2H] h_{t-1} of each step (for dW_hh); zeroed likewise
+  void* dgates;            // [2, B, T, 4H] (direction-major); zeroed by the caller with lengths
+  void* hprev;             // [2, B, T, H] h_{t-1} of each step (for dW_hh); zeroed likewise
   void* dh0;               // [2, B, H]
   void* dc0;               // [2, B, H]
   float* work;             // bilstm_backward_workspace(B, H) floats
