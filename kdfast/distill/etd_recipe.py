@@ -202,3 +202,63 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
     if out_dir is not None:
         (out_dir / "etd.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     return st, res
+
+
+def init_comparison(teacher, task, *, strategies=("none", "impt", "rand"), steps: int = 200,
+                    num_layers: int = 3, hidden_size: int | None = None, num_heads: int | None = None,
+                    intermediate_size: int | None = None, mode="exact", style="tinybert",
+                    batch_size: int = 32, lr: float = 1e-4, max_len: int = 64, window: int = 10,
+                    importance_batches: int = 8, tokenizer=None, seed: int = 0, progress=False):
+    """How fast each initialisation reaches the randomly initialised student's final
+    intermediate-layer distillation loss (TinyBERT step 1 on the task's training sentences,
+    no augmentation, identical data order and schedule for every strategy).
+
+    Returns ``{strategy: {"history": [...], "final": mean of the last window losses,
+    "steps_to_random_final": first step whose trailing mean <= random's final (None if
+    never)}}`` plus ``"setup"``. The baseline ``"none"`` must be among the strategies."""
+    import time
+
+    from kdfast.data.tokenize import encode
+    from kdfast.distill.recipes import _task, _teacher
+    from kdfast.distill.tinybert import STEP1_TRAIN, TeacherTaps, TinyBERTLoss
+    from kdfast.distill.trainer import Distiller
+
+    if "none" not in strategies:
+        raise ValueError("init_comparison needs the 'none' (random init) baseline")
+    task = _task(task, seed)
+    t_model, tokenizer, _ = _teacher(teacher, tokenizer, task.num_labels, need_head=True)
+    c = t_model.encoder.config
+    sizes = dict(num_layers=num_layers, hidden_size=hidden_size or c.hidden_size,
+                 num_heads=num_heads or c.num_attention_heads,
+                 intermediate_size=intermediate_size or c.intermediate_size)
+    train = encode(tokenizer, task.train.texts, task.train.texts_b, task.train.labels,
+                   max_len=max_len, student=False)
+    out = {"setup": {"steps": steps, "batch_size": batch_size, "lr": lr, "mode": mode,
+                     "style": style, "sizes": sizes, "train_sentences": len(train),
+                     "window": window}}
+    for strategy in strategies:
+        t0 = time.perf_counter()
+        model, _ = extract_student(t_model, train, strategy=strategy, task_specific=True,
+                                   importance_batches=importance_batches, batch_size=batch_size,
+                                   seed=seed, **sizes)
+        t_extract = time.perf_counter() - t0
+        st = _wrap(model, t_model.encoder, style)
+        loss = TinyBERTLoss(st, c, mode=mode, style=style)
+        taps = TeacherTaps(t_model, value_layers=[c.num_hidden_layers - 1] if style == "minilm" else ())
+        opts = {**STEP1_TRAIN, "max_steps": steps, "batch_size": batch_size, "lr": lr,
+                "log_every": 1, "seed": seed, "progress": progress, "amp": "off"}
+        res = Distiller(taps, st, loss, train_data=train, **opts).train()
+        hist = [v for _, v in res["loss_history"]]
+        out[strategy] = {"history": hist, "final": sum(hist[-window:]) / len(hist[-window:]),
+                         "extract_s": t_extract, "train_s": res["train_time_s"]}
+    target = out["none"]["final"]
+    for strategy in strategies:
+        hist = out[strategy]["history"]
+        hit = None
+        for i in range(len(hist)):
+            w = hist[max(0, i + 1 - window):i + 1]
+            if i + 1 >= window and sum(w) / len(w) <= target:
+                hit = i + 1
+                break
+        out[strategy]["steps_to_random_final"] = hit
+    return out
