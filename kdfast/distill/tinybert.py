@@ -596,7 +596,8 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
         common = {k: kw[k] for k in ("tokenizer", "mode", "style", "seed", "overwrite", "resume",
                                      "progress", "backend") if k in kw}
         st, res["general"] = general_distill(general_teacher or teacher, unlabelled,
-                                             out_dir, student=student, **common, **(general or {}))
+                                             out_dir, student=student,
+                                             **{**common, **(general or {})})
         student = st.model
         if stage == "general":
             return st, res
@@ -604,3 +605,152 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
                          student=student, **kw)
     res.update(r)
     return st, res
+
+
+# ------------------------------------------------------------------------- command line
+SIZE_OPTS = {
+    "num_layers": (4, int, "student layers (must divide the teacher's for tinybert)"),
+    "hidden_size": (None, int, "student width (default: the teacher's)"),
+    "num_heads": (None, int, "student heads (default and required: the teacher's)"),
+    "intermediate_size": (None, int, "student FFN size (default: the teacher's)"),
+    "mode": ("exact", str, "exact (the official loss definitions) | masked (real tokens only)"),
+    "style": ("tinybert", str, "tinybert (attention + hidden MSE) | minilm (attention KL + "
+                               "value relation)"),
+    "unlabelled": (None, str, "comma-separated unlabelled sources for general / task-agnostic "
+                              "distillation (task names or text:PATH; default: the task's "
+                              "training sentences)"),
+    "augment": (True, bool, "TinyBERT augmentation of the transfer set"),
+    "n_a": (20, int, "augmented variants per sentence"),
+    "p_t": (0.4, float, "replacement probability per word"),
+    "k": (15, int, "candidates per word"),
+    "glove": (None, str, "GloVe file for the candidates of multi-piece words"),
+    "step1_epochs": (None, float, "step 1 (intermediate layers) epochs [20]"),
+    "step2_epochs": (None, float, "step 2 (prediction layer) epochs [3]"),
+    "step2_lr": (None, float, "step 2 learning rate [3e-5]"),
+    "temperature": (1.0, float, "prediction-layer temperature"),
+}
+TINYBERT_OPTS = {
+    "stage": ("task", str, "general | task | all (general, then task)"),
+    "student": (None, str, "a student directory to start from (overrides the size options)"),
+    "general_teacher": (None, str, "pre-trained (not fine-tuned) teacher for the general stage "
+                                   "(default: --teacher)"),
+}
+ETD_OPTS = {
+    "strategy": ("impt", str, "impt (importance) | rand (random units) | none (random init)"),
+    "task_specific": (True, bool, "task-specific ETD (else task-agnostic on --unlabelled)"),
+    "importance_batches": (8, int, "batches for importance scoring"),
+}
+
+
+def _cli_common(o):
+    from kdfast.distill.cli import _task_of, _train_kwargs
+
+    task = _task_of(o)
+    train = _train_kwargs(o)
+    unl = None
+    if o.get("unlabelled"):
+        from kdfast.data.tasks import unlabelled_sentences
+
+        unl = unlabelled_sentences(o["unlabelled"].split(","), seed=o["seed"])
+    step1 = {"epochs": o["step1_epochs"]} if o.get("step1_epochs") else None
+    step2 = {k: v for k, v in (("epochs", o.get("step2_epochs")), ("lr", o.get("step2_lr")))
+             if v is not None} or None
+    distill = dict(mode=o["mode"], style=o["style"], augment=o["augment"], n_a=o["n_a"],
+                   p_t=o["p_t"], k=o["k"], glove=o["glove"], step1=step1, step2=step2,
+                   temperature=o["temperature"], max_len=o["max_len"],
+                   overwrite=bool(o["overwrite"]), resume=bool(o["resume"]))
+    return task, train, unl, distill
+
+
+def cmd_tinybert(args) -> int:
+    from kdfast.distill.cli import COMMON, TASK_OPTS, TRAIN_OPTS, _summary, resolve
+
+    o = resolve(args, (COMMON, TASK_OPTS, SIZE_OPTS, TINYBERT_OPTS, TRAIN_OPTS))
+    if not o["teacher"]:
+        raise SystemExit("kdfast: --teacher is required")
+    task, train, unl, distill = _cli_common(o)
+    student = o["student"] or {
+        "num_layers": o["num_layers"], "hidden_size": o["hidden_size"] or _teacher_size(o, "hidden_size"),
+        "num_heads": o["num_heads"] or _teacher_size(o, "num_attention_heads"),
+        "intermediate_size": o["intermediate_size"] or _teacher_size(o, "intermediate_size")}
+    seed = train.pop("seed", 0)
+    if o["stage"] in ("general", "all") and unl is None:
+        unl = list(dict.fromkeys(task.train.texts + (task.train.texts_b or [])))
+    general = dict(train)  # the general stage takes the training options only
+    _, res = tinybert(o["teacher"], task, o["out"], stage=o["stage"],
+                      general_teacher=o["general_teacher"], unlabelled=unl, student=student,
+                      general=general if o["stage"] != "task" else None, seed=seed,
+                      **distill, **train)
+    if res.get("test"):
+        _summary(res)
+    print(f"student: {o['out']}")
+    return 0
+
+
+def _teacher_size(o, key):
+    from transformers import AutoConfig
+
+    from kdfast.models.teachers import resolve_teacher_path
+
+    return getattr(AutoConfig.from_pretrained(resolve_teacher_path(o["teacher"])), key)
+
+
+def cmd_etd(args) -> int:
+    from kdfast.distill.cli import COMMON, TASK_OPTS, TRAIN_OPTS, _summary, resolve
+    from kdfast.distill.etd_recipe import etd
+
+    o = resolve(args, (COMMON, TASK_OPTS, SIZE_OPTS, ETD_OPTS, TRAIN_OPTS))
+    if not o["teacher"]:
+        raise SystemExit("kdfast: --teacher is required")
+    task, train, unl, distill = _cli_common(o)
+    seed = train.pop("seed", 0)
+    if not o["task_specific"]:
+        distill = {k: distill[k] for k in ("mode", "overwrite", "resume", "max_len")}
+    overwrite, resume, max_len = distill.pop("overwrite"), distill.pop("resume"), distill.pop("max_len")
+    style = distill.pop("style", o["style"])
+    _, res = etd(o["teacher"], task, o["out"], strategy=o["strategy"], style=style,
+                 task_specific=o["task_specific"], num_layers=o["num_layers"],
+                 hidden_size=o["hidden_size"], num_heads=o["num_heads"],
+                 intermediate_size=o["intermediate_size"], unlabelled=unl,
+                 importance_batches=o["importance_batches"], max_len=max_len, seed=seed,
+                 overwrite=overwrite, resume=resume, **distill, **train)
+    if res["results"].get("test"):
+        _summary(res["results"])
+    print(f"student: {o['out']}")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Adds ``tinybert`` and ``etd-distill`` to the ``kdfast`` subcommands."""
+    import argparse
+
+    from kdfast.distill.cli import _common
+
+    p = subparsers.add_parser("tinybert", help="TinyBERT: general and/or task distillation "
+                              "into a smaller BERT", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, {**SIZE_OPTS, **TINYBERT_OPTS})
+    p.set_defaults(func=cmd_tinybert)
+    from kdfast.distill import etd_recipe
+
+    p = subparsers.add_parser("etd-distill", help="Extract-then-Distill: extract a student from "
+                              "the teacher, then distil it", description=etd_recipe.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, {**SIZE_OPTS, **ETD_OPTS})
+    p.set_defaults(func=cmd_etd)
+
+
+def main(argv=None) -> int:
+    """``python -m kdfast.distill.tinybert {tinybert,etd-distill} ...``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kdfast")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
