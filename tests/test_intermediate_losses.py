@@ -9,7 +9,6 @@ import subprocess
 import pytest
 import torch
 
-import kdfast
 from kdfast import _ext
 from kdfast.losses import (
     HiddenMSELoss,
@@ -23,7 +22,7 @@ from kdfast.losses import (
     value_relation_kl,
 )
 from kdfast.ops.attention import attention_loss_triton
-from kdfast.reference.attention import attention_loss_layers, value_relation_kl as vr_reference
+from kdfast.reference.attention import value_relation_kl as vr_reference
 
 HAS_CPU = _ext.has("cpu")
 HAS_TRITON = _ext.has("triton")
@@ -335,7 +334,7 @@ def test_value_relation(backend):
         vs.grad = None
         vr_reference(vs, vt, mask, 4).backward()
         torch.testing.assert_close(g, vs.grad)
-        f = lambda x: value_relation_kl(x, vt, attention_mask=mask, num_relation_heads=4, backend="cpu")  # noqa: E731
+        f = lambda x: value_relation_kl(x, vt, attention_mask=mask, num_relation_heads=4, backend="cpu")
         assert torch.autograd.gradcheck(f, (vs.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-6)
         for dtype in (torch.float32, torch.bfloat16):
             low = value_relation_kl(vs.detach().to(dtype), vt.to(dtype), attention_mask=mask,
@@ -476,7 +475,7 @@ def test_nvcc_compiles_cuda_sources(tmp_path):
     for cu in sorted(glob.glob(os.path.join(root, "csrc", "cuda", "attention*.cu"))):
         cmd = ["nvcc", "-c", "-std=c++17", "-arch=sm_90", "-I", os.path.join(root, "csrc", "include"),
                cu, "-o", str(tmp_path / "x.o")]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
 
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kdfast/attention_loss_row.h"
+#include "kdfast/huge_pages.h"
 
 namespace kdfast::cpu {
 namespace {
@@ -105,7 +106,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cpu(
                 "attention_loss: every map must have the dtype of student[0]");
     s.push_back(student[l].contiguous());  // no copy for the usual contiguous maps
     t.push_back(teacher[l].contiguous());
-    if (compute_grad) g.push_back(at::empty_like(s.back()));
+    if (compute_grad) {
+      g.push_back(at::empty_like(s.back()));
+      advise_huge_pages(g.back().mutable_data_ptr(), g.back().nbytes());
+    }
   }
   at::Tensor m;
   if (mask.has_value()) {

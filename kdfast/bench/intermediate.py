@@ -7,6 +7,8 @@ float32 and bfloat16. Run: ``kdfast bench intermediate [--quick]``.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kdfast import _ext
@@ -28,7 +30,7 @@ def eager_tinybert(s, t):
     return att_loss
 
 
-def _case(n_layers, shape, dtype):
+def _case(n_layers, shape, dtype, device="cpu"):
     bsz, heads, length, _ = shape
 
     def make():
@@ -36,8 +38,9 @@ def _case(n_layers, shape, dtype):
         lens = torch.randint(length // 2, length + 1, (bsz,), generator=gen)
         add = torch.where(torch.arange(length)[None, :] < lens[:, None], 0.0, -10000.0)
         add = add[:, None, None, :]
-        s = [(torch.randn(shape, generator=gen) + add).to(dtype).requires_grad_() for _ in range(n_layers)]
-        t = [(torch.randn(shape, generator=gen) + add).to(dtype) for _ in range(n_layers)]
+        s = [(torch.randn(shape, generator=gen) + add).to(device, dtype).requires_grad_()
+             for _ in range(n_layers)]
+        t = [(torch.randn(shape, generator=gen) + add).to(device, dtype) for _ in range(n_layers)]
         return {"s": s, "t": t}
 
     elem = n_layers * bsz * heads * length * length * torch.finfo(dtype).bits // 8
@@ -56,25 +59,27 @@ def _clearing(fn):
 
 
 def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
-    device = "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     compiled = torch.compile(eager_tinybert)
-    impls = {
-        "eager": _clearing(eager_tinybert),
-        "compile": _clearing(compiled),
-        "kdfast-cpu": _clearing(lambda s, t: attention_mse(s, t, backend="cpu")),
-        "kdfast-cpu-kl": _clearing(lambda s, t: attention_kl(s, t, attention_mask=None, backend="cpu")),
-    }
-    if not _ext.has("cpu"):
-        raise SystemExit(f"the CPU extension is missing: {_ext.why_missing('cpu')}")
-    cases = [_case(n, shape, dt) for n, shape in SHAPES for dt in DTYPES]
+    impls = {"eager": _clearing(eager_tinybert), "compile": _clearing(compiled)}
+    ours = [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if _ext.has(b)]
+    if not ours:
+        raise SystemExit(f"no kdfast backend for {device}: cpu: {_ext.why_missing('cpu')}")
+    for b in ours:
+        impls[f"kdfast-{b}"] = _clearing(lambda s, t, b=b: attention_mse(s, t, backend=b))
+        impls[f"kdfast-{b}-kl"] = _clearing(
+            lambda s, t, b=b: attention_kl(s, t, attention_mask=None, backend=b))
+    cases = [_case(n, shape, dt, device) for n, shape in SHAPES for dt in DTYPES]
     repeat, warmup = (3, 1) if quick else (10, 2)
     rows = harness.run(cases, impls, modes=("fwd+bwd",), device=device, warmup=warmup,
                        repeat=repeat, max_seconds=20.0)
-    ups = harness.speedups(rows, "kdfast-cpu")
+    ours_name = f"kdfast-{ours[0]}"
+    ups = harness.speedups(rows, ours_name)
     for r in ups:
-        print(f"  {r['case']:30s} {r['mode']:8s} kdfast-cpu: "
+        print(f"  {r['case']:30s} {r['mode']:8s} {ours_name}: "
               + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if k.startswith("vs_")))
     meta = harness.machine()
+    meta["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)  # shared machines: context
     floor = ", ".join(f"{c.name}: {c.floor_bytes['fwd+bwd'] / 32e9 * 1e3:.1f} ms"
                       for c in cases)
     notes = (
@@ -83,9 +88,11 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
         "over layers), `compile` is torch.compile of it, `kdfast-cpu` the fused kernel (all "
         "layers in one call, gradient written in the forward), `kdfast-cpu-kl` the MiniLM "
         "attention KL (softmax fused) for scale. Every implementation starts each step with "
-        "cleared .grad. Floor = one read of student and teacher and one write of the gradient "
-        f"at ~32 GB/s: {floor}. GPU: not measured (no GPU in this task).\n\n"
-        "Speedups of kdfast-cpu: " + "; ".join(
+        "cleared .grad. "
+        + (f"Floor = one read of student and teacher and one write of the gradient at ~32 GB/s: "
+           f"{floor}. GPU: not measured (no GPU in this task)." if device == "cpu" else
+           "GPU floor fractions use the measured device-to-device copy bandwidth.")
+        + f"\n\nSpeedups of {ours_name}: " + "; ".join(
             f"{r['case']}: {r.get('vs_eager', float('nan')):.1f}x vs eager, "
             f"{r.get('vs_compile', float('nan')):.1f}x vs compile" for r in ups)
     )

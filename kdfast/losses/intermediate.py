@@ -164,10 +164,9 @@ def attention_kl(student_scores, teacher_scores, *, attention_mask, temperature=
 
 def _values(name, v, heads):
     _checks.tensor(name, v)
-    if v.dim() == 4:  # [B, H, L, d] per-head values -> [B, L, H*d]
-        if heads is not None and heads != v.shape[1]:
-            return v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1), heads
-        return v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1), v.shape[1]
+    if v.dim() == 4:  # [B, H, L, d] per-head values -> [B, L, H*d] (a copy)
+        merged = v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+        return merged, (v.shape[1] if heads is None else heads)
     if v.dim() == 3:
         if heads is None:
             raise ValueError(
