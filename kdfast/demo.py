@@ -4,7 +4,8 @@
    1 of its 6 layers and the head, one epoch -- the CPU-time budget) on ``movie-sentences``;
 2. builds Tang et al.'s transfer set (the training sentences + ``n_iter`` augmented copies
    each), labelled with the teacher's logits and cached on disk;
-3. distils a Tang BiLSTM student (logit MSE) on it;
+3. distils a Tang BiLSTM student (logit MSE) on it (Adam: Tang et al.'s AdaDelta is
+   clearly under-trained in 3 epochs, see benchmarks/results/recipes-demo.md);
 4. trains the same BiLSTM on the hard labels alone;
 5. (``--sra``) SRA: stage 1 on the training sentences with the *pre-trained* teacher's mean
    sentence vector, stage 2 on hard labels, against the same max-pooling BiLSTM from its
@@ -37,6 +38,9 @@ OPTIONS = {  # name: (default, type, help)
     "n_iter": (2, int, "augmented samples per training sentence (paper: 20)"),
     "student_epochs": (3.0, float, "max epochs of the distilled student (early stopping on dev)"),
     "hard_epochs": (8.0, float, "max epochs of the hard-label student (early stopping on dev)"),
+    "student_optimizer": ("adam", str, "students' optimiser: adam (lr 1e-3) | adadelta (Tang et "
+                                       "al., lr 1.0: under-trained in this CPU budget)"),
+    "student_lr": (None, float, "students' learning rate (default: by optimiser)"),
     "embedding_mode": ("static", str, "student word vectors: static (frozen teacher embeddings: "
                                       "fast on a CPU) | non-static | multichannel"),
     "bf16": (True, bool, "bfloat16 autocast for the teacher's fine-tuning and labelling"),
@@ -131,8 +135,10 @@ def run_demo(args) -> int:
     # 2-3. transfer set + distilled student
     t0 = time.perf_counter()
     print(f"[2/4] transfer set (n_iter={_opt(args, 'n_iter')}) and Tang distillation (logit MSE)")
+    optim = _opt(args, "student_optimizer")
+    lr = _opt(args, "student_lr") or {"adadelta": 1.0, "adam": 1e-3}.get(optim, 1e-3)
     common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", seed=0,
-                  embedding_mode=_opt(args, "embedding_mode"))
+                  embedding_mode=_opt(args, "embedding_mode"), optimizer=optim, lr=lr)
     distilled, r_kd = _cached(out / "tang", fresh, lambda: tang(
         str(t_dir), task, out / "tang", n_iter=_opt(args, "n_iter"),
         epochs=_opt(args, "student_epochs"), patience=1, teacher_bf16=bf16,
@@ -193,6 +199,10 @@ def run_demo(args) -> int:
               "transfer_set": ts, "options": {k: _opt(args, k) for k in OPTIONS},
               "train_sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
     (out / "demo_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    curves = {"distilled": r_kd, "hard labels": r_hard}
+    if _opt(args, "sra"):
+        curves.update({"SRA stage 2": r_sra["stage2"], "max-pool default init": r_rand})
+    _plot(out / "demo.png", curves, t_acc)
     (out / "demo.md").write_text("\n".join(lines) + "\n")
     return 0
 
@@ -206,6 +216,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            help=f"{help_} [default: {default}]")
         else:
             p.add_argument(flag, type=typ, default=None, help=f"{help_} [default: {default}]")
+
+
+def _plot(path, runs: dict, teacher_acc: float) -> None:
+    """Training loss and dev accuracy of each student run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, r in runs.items():
+        h = r.get("loss_history") or []
+        a.plot([x[0] for x in h], [x[1] for x in h], label=name)
+        ev = r.get("dev_evals") or []
+        b.plot([x[0] for x in ev], [100 * x[1]["accuracy"] for x in ev], marker="o", label=name)
+    b.axhline(100 * teacher_acc, color="gray", ls="--", label="teacher (test)")
+    a.set(xlabel="step", ylabel="training loss (MSE or CE)", yscale="log", title="training loss")
+    b.set(xlabel="step", ylabel="dev accuracy (%)", title="dev accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
-from kdfast.distill.trainer import Distiller, TrainConfig
+from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import TeacherClassifier, load_teacher, resolve_teacher_path
 from kdfast.nn.students import BiLSTMClassifier, SiameseBiLSTMClassifier, SRAEncoder
 
@@ -157,7 +157,8 @@ def _fingerprint(*parts) -> str:
 def _teacher_id(teacher, path):
     if path is not None:
         files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-        return [str(path)] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        # the weight files' names, sizes and times (not the path: a copied directory matches)
+        return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] or [str(path)]
     # an in-memory teacher: a cheap digest of its weights
     with torch.no_grad():
         return [float(sum(p.double().sum() for p in teacher.parameters()))]

@@ -27,13 +27,12 @@ What the loop does:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +158,7 @@ class Distiller:
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
         if self.device.type == "cuda" and self.dist:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.out_dir = Path(out_dir) if out_dir else None
         self._prepare_out_dir(overwrite, resume)
