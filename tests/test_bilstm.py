@@ -64,7 +64,7 @@ def test_cpu_matches_nn_lstm_float64(B, T, I, H, layers, var, with_hx, bias):
     if with_hx:
         hx = tuple(torch.randn(2 * layers, B, H, dtype=torch.float64, requires_grad=True)
                    for _ in range(2))
-    kw = dict(num_layers=layers, bias=bias)
+    kw = {"num_layers": layers, "bias": bias}
     got = _run_and_grads(lambda *a, **k: bilstm(*a, backend="cpu", **k), x, ws, lengths, hx, **kw)
     want = _run_and_grads(reference, x, ws, lengths, hx, **kw)
     for a, b in zip(got[:3], want[:3]):
@@ -103,10 +103,12 @@ def test_batch_first_false_and_unbatched():
     ref_out, (ref_h, ref_c) = reference(x, lstm._flat_weights, lengths, None, 1, batch_first=False)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(h, ref_h)
+    torch.testing.assert_close(c, ref_c)
     x1 = torch.randn(T, I, dtype=torch.float64)
     out1, (h1, c1) = ours(x1)
     ref1, (rh1, rc1) = lstm(x1)
     torch.testing.assert_close(out1, ref1)
+    torch.testing.assert_close(h1, rh1)
     torch.testing.assert_close(c1, rc1)
 
 
@@ -244,7 +246,7 @@ def test_cuda_matches_nn_lstm(dtype):
     got = _run_and_grads(lambda *a, **k: bilstm(*a, backend="cuda", **k), x, ws, lengths, hx,
                          num_layers=2)
     want = _run_and_grads(reference, x, ws, lengths, hx, num_layers=2)
-    tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    tol = {"rtol": 1e-3, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 5e-2, "atol": 5e-2}
     if dtype == torch.float32:
         for a, b in zip(got[:3] + got[3], want[:3] + want[3]):
             torch.testing.assert_close(a, b, **tol)

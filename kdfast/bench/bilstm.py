@@ -7,6 +7,8 @@ batch ("torch") and, for variable lengths, nn.LSTM on a PackedSequence ("torch-p
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -42,11 +44,43 @@ def _cases(device, shapes, variable):
     return cases
 
 
+def _cpu_time_ratios(shapes, reps: int = 5) -> list[str]:
+    """Single-thread process CPU time of fwd+bwd, torch vs kdfast, interleaved, min of reps.
+
+    Wall-clock medians on a shared machine swing with the other tenants' load (OpenMP
+    barriers suffer most); CPU time at one thread compares the work each implementation does.
+    """
+    import time
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    lines = []
+    try:
+        for name, (B, T, I, H) in shapes.items():
+            lstm = nn.LSTM(I, H, batch_first=True, bidirectional=True)
+            ours = BiLSTM.from_torch(lstm)
+            x = torch.randn(B, T, I, requires_grad=True)
+            best = {}
+            for it in range(reps + 1):
+                for impl, m in (("torch", lstm), ("kdfast", ours)):
+                    t0 = time.process_time()
+                    m(x)[0].sum().backward()
+                    dt = (time.process_time() - t0) * 1e3
+                    if it > 0:  # the first round warms up
+                        best[impl] = min(best.get(impl, float("inf")), dt)
+            lines.append(f"- {name} B{B} T{T} I{I} H{H} fwd+bwd, 1 thread, CPU time: torch "
+                         f"{best['torch']:.1f} ms, kdfast {best['kdfast']:.1f} ms, ratio "
+                         f"{best['torch'] / best['kdfast']:.2f}x")
+            print(lines[-1])
+    finally:
+        torch.set_num_threads(threads)
+    return lines
+
+
 def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = {"tang": SHAPES["tang"]} if quick else SHAPES
     torch.manual_seed(0)
-    I, H = 300, None
     modules = {}
 
     def get(I, H):
@@ -73,6 +107,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     H_of = {torch.Size((B, T, I)): H for (B, T, I, H) in shapes.values()}
     impls = {"kdfast": ours, "torch": torch_padded, "torch-packed": torch_packed}
     cases = _cases(device, shapes, (False, True))
+    load_before = os.getloadavg()
     rows = harness.run(cases, impls, device=device, warmup=2 if quick else 3,
                        repeat=5 if quick else 10, max_seconds=4.0 if quick else 8.0)
     ups = harness.speedups(rows, "kdfast", baselines=("torch", "torch-packed"))
@@ -80,6 +115,8 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
         print("  speedup", u)
     meta = harness.machine()
     meta["kdfast_backend"] = "cpu" if (device == "cpu" and _ext.has("cpu")) else device
+    # The dev machine is shared: record how busy it was (1-minute load, before and after).
+    meta["loadavg_1min"] = f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
     flops = {c.name: c.flops for c in cases}
     for r in rows:
         r["gflops"] = flops[r["case"]][r["mode"]] / (r["ms"] * 1e6)
@@ -87,6 +124,9 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     for u in ups:
         parts = [f"{k[3:]} {v:.2f}x" for k, v in u.items() if k.startswith("vs_")]
         lines.append(f"- {u['case']} {u['mode']}: " + ", ".join(parts))
+    if device == "cpu":
+        lines += ["", "Single-thread CPU-time comparison (robust to the shared machine's load):", ""]
+        lines += _cpu_time_ratios(shapes)
     name = f"bilstm-{device}"
     path = harness.write(rows, out_dir, name, meta, notes="\n".join(lines))
     print(f"wrote {path}")
