@@ -1,9 +1,9 @@
 """The etd recipe: extraction (impt / rand / none) then TinyBERT- or MiniLM-style distillation,
 task-specific and task-agnostic, on a tiny random BERT with synthetic data."""
+import _tiny
 import pytest
 import torch
 
-import _tiny
 from kdfast.distill.etd_recipe import etd, extract_student, init_projection
 from kdfast.distill.tinybert import TeacherTaps, TinyBERTLoss, TransformerStudent
 

@@ -3,14 +3,21 @@ TinyBERT augmentation, resume, and config errors. Tiny random BERTs, synthetic d
 import json
 import math
 
+import _tiny
 import pytest
 import torch
 
-import _tiny
 from kdfast.data.tinybert_augment import augment, candidates
-from kdfast.distill.tinybert import (TeacherTaps, TinyBERTLoss, TransformerStudent, check_pair,
-                                     general_distill, load_transformer_student, student_config,
-                                     task_distill)
+from kdfast.distill.tinybert import (
+    TeacherTaps,
+    TinyBERTLoss,
+    TransformerStudent,
+    check_pair,
+    general_distill,
+    load_transformer_student,
+    student_config,
+    task_distill,
+)
 
 SMALL = dict(num_layers=2, hidden_size=8, num_heads=2, intermediate_size=16)
 FAST = dict(batch_size=8, lr=2e-3, progress=False, log_every=1)
@@ -85,8 +92,8 @@ def test_general_distillation_end_to_end_masked_mode(tmp_path):
     torch.manual_seed(0)
     teacher = BertModel(_bert_cfg(tok))  # pre-trained encoder, no head
     texts, _ = _tiny.sentences(64)
-    st, res = general_distill(teacher, texts, tmp_path / "g", tokenizer=tok, student=SMALL,
-                              mode="masked", max_steps=30, **FAST)
+    _, res = general_distill(teacher, texts, tmp_path / "g", tokenizer=tok, student=SMALL,
+                             mode="masked", max_steps=30, **FAST)
     a, b = _first_last(res["loss_history"])
     assert b < 0.8 * a, res["loss_history"]
     plain = BertModel.from_pretrained(str(tmp_path / "g" / "general" / "student"))
@@ -227,7 +234,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "b" / "general" / "checkpoint" / "last.pt", weights_only=False)
     assert saved["state"]["step"] == 6
     assert any(k.startswith("fit_dense.") for k in saved["model"])  # the projection is saved too
-    resumed, res = general_distill(teacher, texts, tmp_path / "b", student=SMALL, resume=True, **kw)
+    _, res = general_distill(teacher, texts, tmp_path / "b", student=SMALL, resume=True, **kw)
     assert res["steps"] == 10 and [s for s, _ in res["loss_history"]] == list(range(1, 11))
 
 
@@ -316,7 +323,7 @@ def test_augmentation_with_mlm_is_batched_deterministic_and_replaces(tmp_path):
                 assert c == []  # punctuation is never replaced
                 continue
             assert 0 < len(c) <= 4 and w not in c and set(c) <= vocab
-            assert not any(x.startswith("[") or x.startswith("##") for x in c)
+            assert not any(x.startswith(("[", "##")) for x in c)
     # p_t = 0: variants equal the source; p_t = 1: every word with candidates is replaced
     same, _, _ = augment(texts, tokenizer=tok, mlm=mlm, n_a=2, p_t=0.0, k=4)
     assert all(s == texts[i] for s, i in zip(same, [i for i in range(10) for _ in range(3)]))
@@ -329,7 +336,7 @@ def test_augmentation_with_mlm_is_batched_deterministic_and_replaces(tmp_path):
 def test_augmentation_embedding_neighbours_glove_pairs_and_cache(tmp_path, monkeypatch):
     tok = _tiny.tokenizer(tmp_path)
     emb = torch.randn(len(tok), 8)
-    good, great, bad = (tok.convert_tokens_to_ids(w) for w in ("good", "great", "bad"))
+    good, great = (tok.convert_tokens_to_ids(w) for w in ("good", "great"))
     emb[great] = emb[good] * 2 + 0.01  # cosine neighbours
     c = candidates([["good", "bad"]], tok, embeddings=emb, k=2)
     assert c[0][0][0] == "great" and "good" not in c[0][0] and len(c[0][1]) == 2

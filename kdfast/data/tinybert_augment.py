@@ -49,7 +49,7 @@ def _vocab_candidates(tokenizer) -> tuple[torch.Tensor, list[str]]:
     vocab = tokenizer.get_vocab()
     ids, toks = [], []
     for tok, i in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if i in special or tok.startswith("##") or tok.startswith("[") or not _replaceable(tok):
+        if i in special or tok.startswith(("##", "[")) or not _replaceable(tok):
             continue
         ids.append(i)
         toks.append(tok)

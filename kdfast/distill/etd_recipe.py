@@ -26,8 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdfast.distill.tinybert import (TransformerStudent, base_bert, general_distill,
-                                     student_config, task_distill)
+from kdfast.distill.tinybert import (
+    TransformerStudent,
+    base_bert,
+    general_distill,
+    student_config,
+    task_distill,
+)
 
 STRATEGIES = ("impt", "rand", "none")
 

@@ -46,8 +46,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdfast.losses import (Projection, attention_kl, attention_mse, hidden_mse, layer_map,
-                           soft_cross_entropy, value_relation_kl)
+from kdfast.losses import (
+    Projection,
+    attention_kl,
+    attention_mse,
+    hidden_mse,
+    layer_map,
+    soft_cross_entropy,
+    value_relation_kl,
+)
 from kdfast.models.capture import capture_attention_scores
 
 MODES = ("exact", "masked")
@@ -497,7 +504,8 @@ def find_mlm(path):
     from safetensors import safe_open
 
     with safe_open(str(files[0]), "pt") as f:
-        if not any(k.startswith("cls.predictions") for k in f.keys()):
+        keys = f.keys()  # safe_open is not iterable
+        if not any(k.startswith("cls.predictions") for k in keys):
             return None
     from transformers import BertForMaskedLM
 
@@ -614,11 +622,11 @@ SIZE_OPTS = {
     "num_heads": (None, int, "student heads (default and required: the teacher's)"),
     "intermediate_size": (None, int, "student FFN size (default: the teacher's)"),
     "mode": ("exact", str, "exact (the official loss definitions) | masked (real tokens only)"),
-    "style": ("tinybert", str, "tinybert (attention + hidden MSE) | minilm (attention KL + "
-                               "value relation)"),
-    "unlabelled": (None, str, "comma-separated unlabelled sources for general / task-agnostic "
-                              "distillation (task names or text:PATH; default: the task's "
-                              "training sentences)"),
+    "style": ("tinybert", str, ("tinybert (attention + hidden MSE) | minilm (attention KL + "
+                                "value relation)")),
+    "unlabelled": (None, str, ("comma-separated unlabelled sources for general / task-agnostic "
+                               "distillation (task names or text:PATH; default: the task's "
+                               "training sentences)")),
     "augment": (True, bool, "TinyBERT augmentation of the transfer set"),
     "n_a": (20, int, "augmented variants per sentence"),
     "p_t": (0.4, float, "replacement probability per word"),
@@ -632,8 +640,8 @@ SIZE_OPTS = {
 TINYBERT_OPTS = {
     "stage": ("task", str, "general | task | all (general, then task)"),
     "student": (None, str, "a student directory to start from (overrides the size options)"),
-    "general_teacher": (None, str, "pre-trained (not fine-tuned) teacher for the general stage "
-                                   "(default: --teacher)"),
+    "general_teacher": (None, str, ("pre-trained (not fine-tuned) teacher for the general "
+                                    "stage (default: --teacher)")),
 }
 ETD_OPTS = {
     "strategy": ("impt", str, "impt (importance) | rand (random units) | none (random init)"),
