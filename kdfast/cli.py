@@ -1,4 +1,4 @@
-"""The ``kdfast`` command line: ``kdfast info|demo|finetune|distill|extract|bench ...``."""
+"""The ``kdfast`` command line: ``kdfast info|demo|finetune|distill|tinybert|etd-distill|extract|bench``."""
 from __future__ import annotations
 
 import argparse
@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     from kdfast.distill.cli import add_parsers as add_distill_parsers
+    from kdfast.distill.tinybert import add_parsers as add_tinybert_parsers
     from kdfast.etd.cli import add_extract_parser
 
     add_distill_parsers(sub)
+    add_tinybert_parsers(sub)
     add_extract_parser(sub)
     return parser
 

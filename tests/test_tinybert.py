@@ -238,11 +238,6 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert res["steps"] == 10 and [s for s, _ in res["loss_history"]] == list(range(1, 11))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kdfast.distill.Distiller reuses epoch 0's permutation for every epoch of an uninterrupted "
-    "run (the inner loop does not break at an epoch end), while a resumed run draws the epoch's "
-    "own permutation; the trainer's resume test passes only because both runs end on the same "
-    "best-on-dev state. Remove this mark when the trainer is fixed."))
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     from transformers import BertModel
 

@@ -440,6 +440,8 @@ class Distiller:
                     if done:
                         stop = True
                         break
+                    if epoch_end:  # the next epoch draws its own shuffle order
+                        break
         finally:
             if bar is not None:
                 bar.close()
