@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kdfast/attention_loss_cuda.h"
+#include "kdfast/cuda_convert.cuh"
 
 namespace kdfast::cuda {
 namespace {
@@ -22,19 +23,6 @@ struct Params {
   const T* t[kAttnMaxLayers];
   T* g[kAttnMaxLayers];
 };
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-template <class T>
-__device__ __forceinline__ T from_acc(float x);
-template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
 
 template <class T, class Acc>
 __device__ __forceinline__ void store(T* p, Acc v) { *p = from_acc<T>(v); }

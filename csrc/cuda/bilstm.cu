@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "kdfast/bilstm_cuda.h"
+#include "kdfast/cuda_convert.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -28,18 +29,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRowChunk = 8;  // batch rows whose h (or da) sit in shared memory at once
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-template <class T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
@@ -67,11 +56,11 @@ __global__ void __launch_bounds__(kThreads) bilstm_forward_kernel(BilstmForwardA
 
   for (int idx = threadIdx.x; idx < 4 * nj * H; idx += blockDim.x) {
     const int k = idx % H, r = idx / H, g = r / nj, j = r % nj;
-    Rs[(k * 4 + g) * hb + j] = to_f(R[static_cast<size_t>(g * H + j0 + j) * H + k]);
+    Rs[(k * 4 + g) * hb + j] = to_acc(R[static_cast<size_t>(g * H + j0 + j) * H + k]);
   }
   for (int idx = threadIdx.x; idx < B * nj; idx += blockDim.x) {
     const int b = idx / nj, j = idx % nj;
-    cbuf[(d * B + b) * H + j0 + j] = to_f(c0[b * H + j0 + j]);
+    cbuf[(d * B + b) * H + j0 + j] = to_acc(c0[b * H + j0 + j]);
   }
   __syncthreads();
 
@@ -83,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) bilstm_forward_kernel(BilstmForwardA
       // h written by other blocks at step s-1: read through L2 (__ldcg), never a stale L1.
       for (int idx = threadIdx.x; idx < nr * H; idx += blockDim.x) {
         const int b = b0 + idx / H, k = idx % H;
-        hs[idx] = s == 0 ? to_f(h0[b * H + k]) : __ldcg(hprev + b * H + k);
+        hs[idx] = s == 0 ? to_acc(h0[b * H + k]) : __ldcg(hprev + b * H + k);
       }
       __syncthreads();
       for (int pr = threadIdx.x; pr < nr * nj; pr += blockDim.x) {
@@ -105,26 +94,26 @@ __global__ void __launch_bounds__(kThreads) bilstm_forward_kernel(BilstmForwardA
         }
         const size_t bt = static_cast<size_t>(b) * steps + t;
         T* g = gx + bt * 8 * H + d * 4 * H + j0 + j;
-        const float gi = sigmoidf_(a0 + to_f(g[0]));
-        const float gf = sigmoidf_(a1 + to_f(g[H]));
-        const float gg = tanhf(a2 + to_f(g[2 * H]));
-        const float go = sigmoidf_(a3 + to_f(g[3 * H]));
+        const float gi = sigmoidf_(a0 + to_acc(g[0]));
+        const float gf = sigmoidf_(a1 + to_acc(g[H]));
+        const float gg = tanhf(a2 + to_acc(g[2 * H]));
+        const float go = sigmoidf_(a3 + to_acc(g[3 * H]));
         float* c = cbuf + (d * B + b) * H + j0 + j;
         const float cn = gf * *c + gi * gg;
         const float hn = go * tanhf(cn);
         *c = cn;
         hnext[b * H + j0 + j] = hn;
-        out[bt * 2 * H + d * H + j0 + j] = from_f<T>(hn);
+        out[bt * 2 * H + d * H + j0 + j] = from_acc<T>(hn);
         if (p.cells) {
-          g[0] = from_f<T>(gi);
-          g[H] = from_f<T>(gf);
-          g[2 * H] = from_f<T>(gg);
-          g[3 * H] = from_f<T>(go);
+          g[0] = from_acc<T>(gi);
+          g[H] = from_acc<T>(gf);
+          g[2 * H] = from_acc<T>(gg);
+          g[3 * H] = from_acc<T>(go);
           p.cells[bt * 2 * H + d * H + j0 + j] = cn;
         }
         if (s == len - 1) {
-          static_cast<T*>(p.hn)[(d * B + b) * H + j0 + j] = from_f<T>(hn);
-          static_cast<T*>(p.cn)[(d * B + b) * H + j0 + j] = from_f<T>(cn);
+          static_cast<T*>(p.hn)[(d * B + b) * H + j0 + j] = from_acc<T>(hn);
+          static_cast<T*>(p.cn)[(d * B + b) * H + j0 + j] = from_acc<T>(cn);
         }
       }
       __syncthreads();  // hs is reused by the next chunk
@@ -157,12 +146,12 @@ __global__ void __launch_bounds__(kThreads) bilstm_backward_kernel(BilstmBackwar
 
   for (int idx = threadIdx.x; idx < 4 * H * nj; idx += blockDim.x) {
     const int r = idx / nj, j = idx % nj;
-    Rs[r * hb + j] = to_f(R[static_cast<size_t>(r) * H + j0 + j]);
+    Rs[r * hb + j] = to_acc(R[static_cast<size_t>(r) * H + j0 + j]);
   }
   for (int idx = threadIdx.x; idx < B * nj; idx += blockDim.x) {
     const int b = idx / nj, j = idx % nj, o = (d * B + b) * H + j0 + j;
-    dhbuf[o] = to_f(static_cast<const T*>(p.dhn)[o]);
-    dcbuf[o] = to_f(static_cast<const T*>(p.dcn)[o]);
+    dhbuf[o] = to_acc(static_cast<const T*>(p.dhn)[o]);
+    dcbuf[o] = to_acc(static_cast<const T*>(p.dcn)[o]);
   }
   __syncthreads();
 
@@ -176,13 +165,13 @@ __global__ void __launch_bounds__(kThreads) bilstm_backward_kernel(BilstmBackwar
       const int t = d == 0 ? s : len - 1 - s, tp = d == 0 ? t - 1 : t + 1;
       const size_t bt = static_cast<size_t>(b) * steps + t, btp = static_cast<size_t>(b) * steps + tp;
       const T* g = gates + bt * 8 * H + d * 4 * H + u;
-      const float gi = to_f(g[0]), gf = to_f(g[H]), gg = to_f(g[2 * H]), go = to_f(g[3 * H]);
+      const float gi = to_acc(g[0]), gf = to_acc(g[H]), gg = to_acc(g[2 * H]), go = to_acc(g[3 * H]);
       const float c = cells[bt * 2 * H + d * H + u];
-      const float cp = s == 0 ? to_f(static_cast<const T*>(p.c0)[(d * B + b) * H + u])
+      const float cp = s == 0 ? to_acc(static_cast<const T*>(p.c0)[(d * B + b) * H + u])
                               : cells[btp * 2 * H + d * H + u];
       const float tc = tanhf(c);
       const int o = (d * B + b) * H + u;
-      const float dh = dhbuf[o] + to_f(dout[bt * 2 * H + d * H + u]);
+      const float dh = dhbuf[o] + to_acc(dout[bt * 2 * H + d * H + u]);
       const float dc = dcbuf[o] + dh * go * (1.f - tc * tc);
       const float dai = dc * gg * gi * (1.f - gi);
       const float daf = dc * cp * gf * (1.f - gf);
@@ -195,10 +184,10 @@ __global__ void __launch_bounds__(kThreads) bilstm_backward_kernel(BilstmBackwar
       da[2 * H] = dag;
       da[3 * H] = dao;
       T* dg = dgates + (static_cast<size_t>(d) * B * steps + bt) * 4 * H + u;
-      dg[0] = from_f<T>(dai);
-      dg[H] = from_f<T>(daf);
-      dg[2 * H] = from_f<T>(dag);
-      dg[3 * H] = from_f<T>(dao);
+      dg[0] = from_acc<T>(dai);
+      dg[H] = from_acc<T>(daf);
+      dg[2 * H] = from_acc<T>(dag);
+      dg[3 * H] = from_acc<T>(dao);
       hprev[(static_cast<size_t>(d) * B * steps + bt) * H + u] =
           s == 0 ? h0[b * H + u] : out[btp * 2 * H + d * H + u];
     }
@@ -224,8 +213,8 @@ __global__ void __launch_bounds__(kThreads) bilstm_backward_kernel(BilstmBackwar
   }
   for (int idx = threadIdx.x; idx < B * nj; idx += blockDim.x) {
     const int b = idx / nj, j = idx % nj, o = (d * B + b) * H + j0 + j;
-    static_cast<T*>(p.dh0)[o] = from_f<T>(dhbuf[o]);
-    static_cast<T*>(p.dc0)[o] = from_f<T>(dcbuf[o]);
+    static_cast<T*>(p.dh0)[o] = from_acc<T>(dhbuf[o]);
+    static_cast<T*>(p.dc0)[o] = from_acc<T>(dcbuf[o]);
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "kdfast/cuda_convert.cuh"
 #include "kdfast/softmax_kd_params.h"
 
 namespace kdfast::cuda {
@@ -19,26 +20,12 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 
-template <class T> struct Codec;
-template <> struct Codec<float> {
-  using Acc = float;
-  static __device__ __forceinline__ Acc load(const float* p) { return __ldg(p); }
-  static __device__ __forceinline__ float store(Acc v) { return v; }
-};
-template <> struct Codec<double> {
-  using Acc = double;
-  static __device__ __forceinline__ Acc load(const double* p) { return __ldg(p); }
-  static __device__ __forceinline__ double store(Acc v) { return v; }
-};
-template <> struct Codec<__nv_bfloat16> {
-  using Acc = float;
-  static __device__ __forceinline__ Acc load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  static __device__ __forceinline__ __nv_bfloat16 store(Acc v) { return __float2bfloat16_rn(v); }
-};
-template <> struct Codec<__half> {
-  using Acc = float;
-  static __device__ __forceinline__ Acc load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ __half store(Acc v) { return __float2half_rn(v); }
+// Loads go through the read-only cache; conversions are shared with the other kernels.
+template <class T>
+struct Codec {
+  using Acc = decltype(to_acc(T()));
+  static __device__ __forceinline__ Acc load(const T* p) { return to_acc(__ldg(p)); }
+  static __device__ __forceinline__ T store(Acc v) { return from_acc<T>(v); }
 };
 
 template <class Acc> __device__ __forceinline__ Acc exp_(Acc x);
