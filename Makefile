@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.py pyproject.toml $(shell find csrc -type f 2>/dev/nul
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q setuptools wheel ninja pybind11
+	$(PY) -m pip install -q setuptools wheel ninja pybind11 numpy
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,demo,bench]"
 	touch $@
 

@@ -10,6 +10,8 @@
 5. (``--sra``) SRA: stage 1 on the training sentences with the *pre-trained* teacher's mean
    sentence vector, stage 2 on hard labels, against the same max-pooling BiLSTM from its
    default init;
+6. (``--etd``, on by default) extracts a 3-layer BERT student from the fine-tuned teacher by
+   importance (ETD-Impt) and distils it TinyBERT-style (intermediate layers, then prediction);
 
 and prints one table: held-out (test split) accuracy, parameters, and CPU inference speed
 (sentences/s, measured here on the test split, batches of 32) against the teacher.
@@ -45,6 +47,8 @@ OPTIONS = {  # name: (default, type, help)
                                       "fast on a CPU) | non-static | multichannel"),
     "bf16": (True, bool, "bfloat16 autocast for the teacher's fine-tuning and labelling"),
     "sra": (False, bool, "also run SRA (pre-trained vs default-init BiLSTM)"),
+    "etd": (True, bool, "also distil an ETD-Impt 3-layer BERT student TinyBERT-style"),
+    "etd_steps": (100, int, "ETD student: steps of intermediate-layer distillation"),
     "sra_epochs": (3.0, float, "SRA stage 1 epochs"),
     "fresh": (False, bool, "recompute everything (ignore the cache in --out)"),
     "quick": (False, bool, "a small smoke run (1,500 training sentences): numbers not meaningful"),
@@ -170,16 +174,36 @@ def run_demo(args) -> int:
         rows += [("BiLSTM max-pool, SRA-pretrained, hard labels", s_model, r_sra["test"]["accuracy"]),
                  ("BiLSTM max-pool, default init, hard labels", m_rand, r_rand["test"]["accuracy"])]
 
+    if _opt(args, "etd"):
+        from kdfast.distill.etd_recipe import etd
+
+        t0 = time.perf_counter()
+        print("[ETD] ETD-Impt student (3 layers, hidden 192, 12 heads, FFN 768) extracted from "
+              "the fine-tuned teacher, TinyBERT task distillation (intermediate, then prediction)")
+        e_model, r_etd = etd(str(t_dir), task, out / "etd", strategy="impt", num_layers=3,
+                             hidden_size=192, num_heads=12, intermediate_size=768, augment=False,
+                             step1={"max_steps": _opt(args, "etd_steps")},
+                             step2={"epochs": 1, "lr": 1e-4}, batch_size=32, lr=1e-4,
+                             tokenizer=tokenizer, overwrite=True)
+        times["ETD student"] = time.perf_counter() - t0
+        etd_row = ("BERT 3-layer, ETD-Impt + TinyBERT distillation", e_model,
+                   r_etd["results"]["test"]["accuracy"])
+
     # table: accuracy, parameters, CPU inference speed
     print("[4/4] measuring CPU inference speed on the test split")
     student_ex = encode(tokenizer, task.test.texts, None, task.test.labels, max_len=64, teacher=False)
     t_speed, t_acc = _measure(teacher.forward_batch, test_ex, "t_ids")
     table = [("teacher: all-MiniLM-L6-v2 + head (fine-tuned)", teacher, t_acc, t_speed)]
-    for name, model, acc in [("BiLSTM, distilled (Tang et al.)", distilled, r_kd["test"]["accuracy"]),
-                             ("BiLSTM, hard labels only", hard, r_hard["test"]["accuracy"])] + rows:
+    students = [("BiLSTM, distilled (Tang et al.)", distilled, r_kd["test"]["accuracy"]),
+                ("BiLSTM, hard labels only", hard, r_hard["test"]["accuracy"])] + rows
+    if _opt(args, "etd"):
+        students.append(etd_row)
+    for name, model, acc in students:
         model.cpu().eval()
-        speed, acc2 = _measure(model.forward_batch, student_ex, "s_ids")
-        assert abs(acc2 - acc) < 1e-9, (name, acc, acc2)  # the same model as the trainer's
+        bert = name.startswith("BERT")  # transformer students read the teacher's tokens
+        speed, acc2 = _measure(model.forward_batch, test_ex if bert else student_ex,
+                               "t_ids" if bert else "s_ids")
+        assert abs(acc2 - acc) < 1e-6, (name, acc, acc2)  # the same model as the trainer's
         table.append((name, model, acc, speed))
     lines = ["| model | test accuracy | parameters | without embeddings | CPU sentences/s | speed-up |",
              "|---|---:|---:|---:|---:|---:|"]
