@@ -12,12 +12,7 @@ FAST = dict(batch_size=8, lr=2e-3, progress=False, log_every=1, importance_batch
             importance_batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _teacher(tok, seed=0):

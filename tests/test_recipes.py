@@ -15,12 +15,7 @@ from kdfast.nn.students import BiLSTMClassifier, SiameseBiLSTMClassifier
 FAST = dict(hidden_size=8, fc_size=8, progress=False, optimizer="adam", lr=5e-3, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

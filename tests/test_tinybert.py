@@ -23,13 +23,7 @@ SMALL = dict(num_layers=2, hidden_size=8, num_heads=2, intermediate_size=16)
 FAST = dict(batch_size=8, lr=2e-3, progress=False, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matmuls: thread hand-offs cost more than the work on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _bert_cfg(tok, layers=4, hidden=16, heads=2, dropout=0.1):

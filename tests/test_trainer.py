@@ -35,13 +35,7 @@ def _student(seed=0, dropout=0.2):
 OPTS = dict(batch_size=8, optimizer="adam", lr=1e-2, progress=False, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: threads only add overhead (and the machine is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_distillation_learns_saves_and_reloads(tmp_path):
