@@ -14,8 +14,9 @@
 // gate epilogue. Rows are visited longest first, so the rows still running at step s are a
 // prefix and the step GEMM skips finished rows.
 // Backward: the dh/dc recurrence the same way (per step da W_hh), writing the gate gradients
-// direction-major ([2, B*T, 4H]), then dW_ih, dW_hh, dx and db as large GEMMs/reductions over
-// all timesteps.
+// of both directions side by side ([B*T, 8H], like the forward's gates), then dW_ih, dW_hh,
+// dx and db as large GEMMs/reductions over all timesteps: dW_ih and dx are one GEMM each for
+// both directions.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -43,7 +44,8 @@ namespace {
 #define KDFAST_BILSTM_STEPS(SUFFIX, T)                                                         \
   KDFAST_CPU_CLONES void fwd_rows_##SUFFIX(const int64_t* rows, const int64_t* lens,           \
                                            int64_t n, int64_t s, int64_t d, T* gx,             \
-                                           const T* rec, int64_t ldr, T* c, T* h, T* out,      \
+                                           const T* bias, const T* rec, int64_t ldr, T* c,     \
+                                           T* h, T* out,                                       \
                                            T* cells, int64_t steps, int64_t H) {               \
     for (int64_t k = 0; k < n; ++k) {                                                          \
       const int64_t b = rows[k];                                                               \
@@ -52,16 +54,17 @@ namespace {
       T* g = gx + bt * 8 * H + d * 4 * H;                                                      \
       T* o = out + bt * 2 * H + d * H;                                                         \
       if (cells)                                                                               \
-        lstm_fwd_row<true>(g, rec + k * ldr, c + k * H, h + k * H, o,                        \
+        lstm_fwd_row<true>(g, bias, rec + k * ldr, c + k * H, h + k * H, o,                  \
                            cells + bt * 2 * H + d * H, H);                                     \
       else                                                                                     \
-        lstm_fwd_row<false>(g, rec + k * ldr, c + k * H, h + k * H, o, (T*)nullptr, H);      \
+        lstm_fwd_row<false>(g, bias, rec + k * ldr, c + k * H, h + k * H, o, (T*)nullptr, H);\
     }                                                                                          \
   }                                                                                            \
   KDFAST_CPU_CLONES void bwd_rows_##SUFFIX(                                                    \
       const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, int64_t d,               \
       const T* gates, const T* cells, const T* h0, const T* c0, const T* out, const T* dout,   \
-      const T* dh, int64_t ldd, T* dc, T* da, T* dgates, T* hprev, int64_t steps, int64_t H) { \
+      const T* dh, int64_t ldd, T* dc, T* da, T* dgates, T* db, T* hprev, int64_t steps,       \
+      int64_t H) {                                                                             \
     for (int64_t k = 0; k < n; ++k) {                                                          \
       const int64_t b = rows[k];                                                               \
       const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
@@ -73,7 +76,7 @@ namespace {
       for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                           \
       lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,             \
                    dout + bt * 2 * H + d * H, dh + k * ldd, dc + k * H, da + k * 4 * H,           \
-                   dgates + bt * 4 * H, H);                                                    \
+                   dgates + bt * 8 * H + d * 4 * H, db, H);                                    \
     }                                                                                          \
   }
 KDFAST_BILSTM_STEPS(f32, float)
@@ -95,17 +98,17 @@ KDFAST_CPU_CLONES void gemm_f64(int64_t n, int64_t K, int64_t panels, const doub
 // Type-overloaded front doors to the per-ISA clones.
 #define KDFAST_BILSTM_FRONT(SUFFIX, T)                                                         \
   KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
-                              int64_t d, T* gx, const T* rec, int64_t ldr, T* c, T* h, T* out, \
-                              T* cells, int64_t steps, int64_t H) {                            \
-    fwd_rows_##SUFFIX(r, l, n, s, d, gx, rec, ldr, c, h, out, cells, steps, H);                \
+                              int64_t d, T* gx, const T* bias, const T* rec, int64_t ldr,      \
+                              T* c, T* h, T* out, T* cells, int64_t steps, int64_t H) {        \
+    fwd_rows_##SUFFIX(r, l, n, s, d, gx, bias, rec, ldr, c, h, out, cells, steps, H);          \
   }                                                                                            \
   KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
                               int64_t d, const T* gates, const T* cells, const T* h0,          \
                               const T* c0, const T* out, const T* dout, const T* dh,           \
-                              int64_t ldd, T* dc, T* da, T* dgates, T* hprev, int64_t steps,   \
-                              int64_t H) {                                                     \
+                              int64_t ldd, T* dc, T* da, T* dgates, T* db, T* hprev,          \
+                              int64_t steps, int64_t H) {                                      \
     bwd_rows_##SUFFIX(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, ldd, dc, da, dgates, \
-                      hprev, steps, H);                                                        \
+                      db, hprev, steps, H);                                                    \
   }                                                                                            \
   KDFAST_INLINE void gemm(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,       \
                           const T* bp, T* c, int64_t ldc) {                                    \
@@ -195,8 +198,8 @@ void check_layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& 
 }
 
 template <class T>
-void forward_impl(const Plan& p, int64_t H, T* gx, const T* w_hh, const T* h0, const T* c0,
-                  T* out, T* cells, T* hn, T* cn) {
+void forward_impl(const Plan& p, int64_t H, T* gx, const T* bias, const T* w_hh, const T* h0,
+                  const T* c0, T* out, T* cells, T* hn, T* cn) {
   const int64_t B = p.B, steps = p.steps;
   // W_hh^T of both directions packed into GEMM panels once: [2][panels][H][NB].
   constexpr int64_t NB = panel_width<T>();
@@ -218,12 +221,13 @@ void forward_impl(const Plan& p, int64_t H, T* gx, const T* w_hh, const T* h0, c
         std::copy_n(c0 + (d * B + rows[k]) * H, H, c.data() + k * H);
       }
       const T* R = packed + d * H * ldr;
+      const T* b = bias + d * 4 * H;
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t na = Plan::active(rows, p.lens, s);
         if (na == 0) break;
         gemm(na, H, panels, h.data(), H, R, rec.data(), ldr);  // h W_hh^T
-        fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, rec.data(), ldr, c.data(), h.data(),
-                 out, cells, steps, H);
+        fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, b, rec.data(), ldr, c.data(),
+                 h.data(), out, cells, steps, H);
       }
       // Each row's state stopped changing at its own last step.
       for (int64_t k = 0; k < n; ++k) {
@@ -243,12 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
               "bilstm_layer (CPU): dtype must be float32 or float64, got ", x.scalar_type());
   const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
   const Plan p = make_plan(lengths, B, steps);
-  // Input projection of both directions and all timesteps: [B*T, I] @ [I, 8H] (+ bias).
+  // Input projection of both directions and all timesteps: [B*T, I] @ [I, 8H]; the bias is
+  // added in the step epilogue.
   const auto x2 = x.reshape({B * steps, I});
   const auto w2 = w_ih.reshape({8 * H, I});
   auto gx = at::empty({B * steps, 8 * H}, x.options());
-  if (bias.has_value()) gx.copy_(bias->reshape({1, 8 * H}).expand({B * steps, 8 * H}));
-  mm_into(x2, w2.t(), gx, bias.has_value());
+  mm_into(x2, w2.t(), gx, false);
+  const auto b = bias.has_value() ? bias->contiguous() : at::zeros({2, 4 * H}, x.options());
   auto out = lengths.has_value() ? at::zeros({B, steps, 2 * H}, x.options())
                                  : at::empty({B, steps, 2 * H}, x.options());
   // Padded positions of cells are zeroed too: every output is deterministic (opcheck).
@@ -258,7 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
   auto hn = at::empty({2, B, H}, x.options()), cn = at::empty({2, B, H}, x.options());
   const auto whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bilstm_layer_cpu", [&] {
-    forward_impl<scalar_t>(p, H, gx.mutable_data_ptr<scalar_t>(), whh.const_data_ptr<scalar_t>(),
+    forward_impl<scalar_t>(p, H, gx.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                           whh.const_data_ptr<scalar_t>(),
                            h0c.const_data_ptr<scalar_t>(), c0c.const_data_ptr<scalar_t>(),
                            out.mutable_data_ptr<scalar_t>(),
                            train ? cells.mutable_data_ptr<scalar_t>() : nullptr,
@@ -271,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
 template <class T>
 void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, const T* w_hh,
                    const T* h0, const T* c0, const T* out, const T* dout, const T* dhn,
-                   const T* dcn, T* dgates, T* hprev, T* dh0, T* dc0) {
+                   const T* dcn, T* dgates, T* db_items, T* hprev, T* dh0, T* dc0) {
   const int64_t B = p.B, steps = p.steps;
   // W_hh of both directions packed into GEMM panels once: [2][panels][4H][NB].
   constexpr int64_t NB = panel_width<T>();
@@ -299,7 +305,7 @@ void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, con
         if (na == 0) continue;
         bwd_rows(rows.data(), p.lens.data(), na, s, d, gates, cells, h0 + d * B * H,
                  c0 + d * B * H, out, dout, dh.data(), ldd, dc.data(), da.data(),
-                 dgates + d * B * steps * 4 * H, hprev + d * B * steps * H, steps, H);
+                 dgates, db_items + item * 4 * H, hprev + d * B * steps * H, steps, H);
         gemm(na, 4 * H, panels, da.data(), 4 * H, R, dh.data(), ldd);  // dh_prev = da W_hh
       }
       for (int64_t k = 0; k < n; ++k) {
@@ -329,12 +335,13 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
   const Plan p = make_plan(lengths, B, steps);
   const auto opt = x.options();
   // Padded positions keep zero gradient (they never enter the GEMMs below with a value).
-  // Direction-major, so that each direction's GEMM operands below are contiguous.
-  auto dgates = lengths.has_value() ? at::zeros({2, B * steps, 4 * H}, opt)
-                                    : at::empty({2, B * steps, 4 * H}, opt);
+  auto dgates = lengths.has_value() ? at::zeros({B * steps, 8 * H}, opt)
+                                    : at::empty({B * steps, 8 * H}, opt);
   auto hprev = lengths.has_value() ? at::zeros({2, B * steps, H}, opt)
                                    : at::empty({2, B * steps, H}, opt);
   auto dh0 = at::empty({2, B, H}, opt), dc0 = at::empty({2, B, H}, opt);
+  // Each work item (chunk ch, direction d) sums its own bias gradient: [nch, 2, 4H].
+  auto db_items = at::zeros({p.nch, 2, 4 * H}, opt);
   const auto g = gates.contiguous(), cl = cells.contiguous(), whh = w_hh.contiguous(),
              h0c = h0.contiguous(), c0c = c0.contiguous(), o = out.contiguous(),
              dout = grad_out.contiguous(), dhn = grad_hn.contiguous(), dcn = grad_cn.contiguous();
@@ -345,24 +352,30 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
         c0c.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(),
         dout.const_data_ptr<scalar_t>(), dhn.const_data_ptr<scalar_t>(),
         dcn.const_data_ptr<scalar_t>(), dgates.mutable_data_ptr<scalar_t>(),
+        db_items.mutable_data_ptr<scalar_t>(),
         hprev.mutable_data_ptr<scalar_t>(), dh0.mutable_data_ptr<scalar_t>(),
         dc0.mutable_data_ptr<scalar_t>());
   });
   // The weight gradients as large GEMMs over all (b, t) at once.
   const auto x2 = x.reshape({B * steps, I});
   auto dw_ih = at::empty({2, 4 * H, I}, opt), dw_hh = at::empty({2, 4 * H, H}, opt);
-  for (int64_t d = 0; d < 2; ++d) {
-    mm_into(dgates[d].t(), x2, dw_ih[d], false);
-    mm_into(dgates[d].t(), hprev[d], dw_hh[d], false);
-  }
+  // One direction per thread (measured faster than splitting each GEMM over the threads).
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's below-autograd dispatch state.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t d = begin; d < end; ++d) {
+      const auto g = dgates.narrow(1, d * 4 * H, 4 * H).t();
+      mm_into(g, x2, dw_ih[d], false);
+      mm_into(g, hprev[d], dw_hh[d], false);
+    }
+  });
   at::Tensor dx = at::empty({0}, opt);
   if (need_dx) {
     dx = at::empty({B * steps, I}, opt);
-    mm_into(dgates[0], w_ih[0], dx, false);
-    mm_into(dgates[1], w_ih[1], dx, true);
+    mm_into(dgates, w_ih.reshape({8 * H, I}), dx, false);
     dx = dx.view({B, steps, I});
   }
-  auto db = need_dbias ? dgates.sum(1) : at::empty({0}, opt);
+  auto db = need_dbias ? db_items.sum(0) : at::empty({0}, opt);
   return {dx, dw_ih, dw_hh, db, dh0, dc0};
 }
 

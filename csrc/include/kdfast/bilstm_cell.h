@@ -17,20 +17,22 @@ KDFAST_INLINE double sigmoid_acc(double x) { return 1.0 / (1.0 + __builtin_exp(-
 KDFAST_INLINE float tanh_acc(float x) { return 1.0f - 2.0f / (1.0f + fast_exp(2.0f * x)); }
 KDFAST_INLINE double tanh_acc(double x) { return __builtin_tanh(x); }
 
-// Forward step of one row. gx: [4H] input projection + bias (x W_ih^T + b_ih + b_hh);
+// Forward step of one row. gx: [4H] input projection (x W_ih^T); bias: [4H] (b_ih + b_hh, or
+// zeros; added here rather than to the whole gx buffer, which would cost a pass over it);
 // rec: [4H] recurrent part (h W_hh^T); c: [H] cell state, updated in place; h: [H] new hidden
 // state; out: [H] the output row. When SAVE, the activated gates overwrite gx and the new
 // cell state is copied to cell_save (what backward needs).
 template <bool SAVE, class T>
-KDFAST_INLINE void lstm_fwd_row(T* __restrict gx, const T* __restrict rec, T* __restrict c,
+KDFAST_INLINE void lstm_fwd_row(T* __restrict gx, const T* __restrict bias,
+                                const T* __restrict rec, T* __restrict c,
                                 T* __restrict h, T* __restrict out, T* __restrict cell_save,
                                 int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid_acc(gx[j] + rec[j]);
-    const T f = sigmoid_acc(gx[H + j] + rec[H + j]);
-    const T g = tanh_acc(gx[2 * H + j] + rec[2 * H + j]);
-    const T o = sigmoid_acc(gx[3 * H + j] + rec[3 * H + j]);
+    const T i = sigmoid_acc(gx[j] + bias[j] + rec[j]);
+    const T f = sigmoid_acc(gx[H + j] + bias[H + j] + rec[H + j]);
+    const T g = tanh_acc(gx[2 * H + j] + bias[2 * H + j] + rec[2 * H + j]);
+    const T o = sigmoid_acc(gx[3 * H + j] + bias[3 * H + j] + rec[3 * H + j]);
     const T cn = f * c[j] + i * g;
     const T hn = o * tanh_acc(cn);
     c[j] = cn;
@@ -51,12 +53,13 @@ KDFAST_INLINE void lstm_fwd_row(T* __restrict gx, const T* __restrict rec, T* __
 // dh: [H] gradient reaching h from later steps (W_hh^T da of the next step, or dh_n);
 // dc: [H] gradient reaching c from later steps, replaced by the one for c_prev.
 // Writes the pre-activation gradient da [4H] to both da (contiguous scratch for the step's
-// GEMM) and da_save (its place in the [B, T, 8H] buffer of the GEMMs after the loop).
+// GEMM) and da_save (its place in the [B*T, 8H] buffer of the GEMMs after the loop), and adds
+// it to db [4H] (the bias gradient, summed here instead of in another pass over da_save).
 template <class T>
 KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c,
                                 const T* __restrict c_prev, const T* __restrict dout,
                                 const T* __restrict dh, T* __restrict dc, T* __restrict da,
-                                T* __restrict da_save, int64_t H) {
+                                T* __restrict da_save, T* __restrict db, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
@@ -76,6 +79,10 @@ KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c
     da_save[H + j] = daf;
     da_save[2 * H + j] = dag;
     da_save[3 * H + j] = dao;
+    db[j] += dai;
+    db[H + j] += daf;
+    db[2 * H + j] += dag;
+    db[3 * H + j] += dao;
   }
 }
 
