@@ -168,6 +168,47 @@ def test_importance_fused_equals_reference(cls, labels):
     torch.testing.assert_close(fast.heads.norm(dim=-1), torch.ones(3))
 
 
+def ragged_batches(labels, n=2, B=7, L=13, seed=4):
+    """Batches whose rows have very different lengths (right-padded), labels per row."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lens = torch.tensor([L, 2, 5, L - 1, 3, 9, 1][:B])
+        am = (torch.arange(L) < lens[:, None]).long()
+        ids = torch.randint(1, 97, (B, L), generator=g) * am
+        b = {"input_ids": ids, "attention_mask": am, "token_type_ids": torch.zeros_like(ids)}
+        if labels:
+            b["labels"] = torch.randint(0, 3, (B,), generator=g)
+        out.append(b)
+    return out
+
+
+def test_length_groups():
+    from kdfast.etd.importance import length_groups
+
+    assert length_groups([5, 5, 5], 0) == [[0, 1, 2]]
+    assert length_groups([2, 9, 2, 9], 0) == [[1, 3], [0, 2]]
+    assert length_groups([2, 9, 2, 9], 100) == [[1, 3, 0, 2]]  # one more group costs too much
+    groups = length_groups([7, 1, 30, 4, 30, 2, 16], 8)
+    assert sorted(i for grp in groups for i in grp) == list(range(7))
+
+
+@pytest.mark.parametrize("cls,labels", [(BertModel, False), (BertForSequenceClassification, True)])
+def test_importance_unpadded_groups_equal_reference(cls, labels):
+    # unpad_overhead_tokens=0 splits every batch into groups by length; the scores must be
+    # those of the whole padded batch (the proxy's masks and mean are the batch's).
+    torch.manual_seed(5)
+    model = cls(tiny_config()).double()
+    with torch.no_grad():
+        etd._bert.base_model(model).embeddings.word_embeddings.weight[0].normal_()
+    batches = ragged_batches(labels)
+    split = etd.importance(model, batches, backend=FAST, unpad_overhead_tokens=0)
+    whole = etd.importance(model, batches, backend=FAST, unpad=False)
+    ref = importance_reference(model, ragged_batches(labels))
+    _assert_same_scores(split, ref)
+    _assert_same_scores(whole, ref)
+
+
 def test_importance_float32_and_custom_loss():
     torch.manual_seed(1)
     model = BertModel(tiny_config())

@@ -54,6 +54,32 @@ def batch_size(batch) -> int:
     return int(batch["input_ids"].shape[0])
 
 
+def row_lengths(batch) -> list[int] | None:
+    """Each row's length up to its last attention-mask 1 (None without a 2-D mask)."""
+    attn = batch.get("attention_mask")
+    if not isinstance(attn, torch.Tensor) or attn.dim() != 2:
+        return None
+    pos = torch.arange(1, attn.shape[1] + 1, device=attn.device)
+    return (attn.ne(0) * pos).amax(1).clamp_min(1).tolist()
+
+
+def select_rows(inputs: dict, rows) -> dict:
+    """``inputs`` (model inputs and labels, batch-first) for the given rows, with the token
+    axis of the 2-D inputs trimmed to these rows' longest real length."""
+    n = inputs["input_ids"].shape[0]
+    idx = torch.as_tensor(rows, dtype=torch.long, device=inputs["input_ids"].device)
+    attn = inputs.get("attention_mask")
+    length = None if attn is None else max(row_lengths({"attention_mask": attn[idx]}))
+    out = {}
+    for k, v in inputs.items():
+        if v.dim() >= 1 and v.shape[0] == n:
+            v = v[idx]
+        if k in INPUT_KEYS and v.dim() == 2 and length is not None:
+            v = v[:, :length]
+        out[k] = v
+    return out
+
+
 def has_labels(batch) -> bool:
     return any(k in batch and batch[k] is not None for k in LABEL_KEYS)
 

@@ -93,7 +93,11 @@ class MaskedProxyLoss:
         pick[:, 0] = False
         return torch.where(pick, torch.full_like(input_ids, mask_id), input_ids)
 
-    def compute(self, model, batch, activate):
+    def compute(self, model, batch, activate, groups=None):
+        """The proxy loss of ``batch``; ``groups`` (lists of row indices, see
+        :func:`length_groups`) runs the rows group by group, each trimmed to its longest row:
+        the same loss (the masks are drawn for the whole batch, the denominator counts the
+        whole batch's tokens), with fewer padded tokens through the model."""
         base = _bert.base_model(model)
         device = next(model.parameters()).device
         inputs = _bert.model_inputs(batch, device, labels=False)
@@ -101,13 +105,63 @@ class MaskedProxyLoss:
         attn = inputs.get("attention_mask")
         if attn is None:
             attn = torch.ones_like(ids)
-        with torch.no_grad():
-            target = base(**inputs).last_hidden_state
         masked = dict(inputs, input_ids=self.mask(ids, attn, base.config.vocab_size))
+        inputs["attention_mask"] = masked["attention_mask"] = attn
+        parts = [(inputs, masked)] if groups is None else [
+            (_bert.select_rows(inputs, g), _bert.select_rows(masked, g)) for g in groups]
+        with torch.no_grad():
+            targets = [base(**clean).last_hidden_state for clean, _ in parts]
         activate()
-        out = base(**masked).last_hidden_state
-        w = attn.unsqueeze(-1).to(out.dtype)
-        return ((out - target) ** 2 * w).sum() / (w.sum() * out.shape[-1]).clamp_min(1)
+        total = 0
+        for (_, noisy), target in zip(parts, targets):
+            out = base(**noisy).last_hidden_state
+            w = noisy["attention_mask"].unsqueeze(-1).to(out.dtype)
+            total = total + ((out - target) ** 2 * w).sum()
+        return total / (attn.sum().to(total.dtype) * base.config.hidden_size).clamp_min(1)
+
+
+def length_groups(lengths, overhead_tokens: int):
+    """Rows grouped by length: the partition of the rows, sorted longest first, into runs
+    that minimises the tokens computed when each run is padded to its own longest row, plus
+    ``overhead_tokens`` per run (the fixed cost of one more, smaller forward)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):  # run order[i:j], padded to lengths[order[i]]
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _grouped_loss(model, base, batch, loss_fn, activate, overhead_tokens):
+    """The batch's loss computed over :func:`length_groups`, or None where kdfast cannot
+    split the loss exactly: only the label-free proxy and the task loss of
+    BertForSequenceClassification (a mean over rows) are split."""
+    from transformers import BertForSequenceClassification
+
+    lengths = _bert.row_lengths(batch)
+    if lengths is None:
+        return None
+    groups = length_groups(lengths, overhead_tokens)
+    if len(groups) == 1:
+        return None
+    if isinstance(loss_fn, MaskedProxyLoss):
+        return loss_fn.compute(model, batch, activate, groups=groups)
+    labels = batch.get("labels")
+    if (loss_fn is not None or type(model) is not BertForSequenceClassification
+            or labels is None or any(k in batch for k in _bert.LABEL_KEYS if k != "labels")
+            or bool((labels == -100).any())):  # ignored rows would change the mean's count
+        return None
+    device = next(model.parameters()).device
+    inputs = _bert.model_inputs(batch, device, labels=True)
+    activate()
+    n = len(lengths)
+    return sum(model(**_bert.select_rows(inputs, g)).loss * (len(g) / n) for g in groups)
 
 
 def _loss_chooser(model, base, loss_fn):
@@ -182,8 +236,9 @@ class _Recorder:
     def _record(self, key, act, units=None):
         act = act.detach()
 
-        def on_grad(grad):
-            self.batch[key] = unit_taylor(act, grad, units, backend=self.backend)
+        def on_grad(grad):  # added up over the length groups of one batch
+            v = unit_taylor(act, grad, units, backend=self.backend)
+            self.batch[key] = self.batch[key] + v if key in self.batch else v
 
         return on_grad
 
@@ -237,7 +292,8 @@ class _Recorder:
 
 def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
                heads: bool = True, ffn: bool = True, hidden: bool = True,
-               backend: str = "auto", progress: bool = False) -> Importance:
+               backend: str = "auto", unpad: bool = True,
+               unpad_overhead_tokens: int | None = None, progress: bool = False) -> Importance:
     """Scores heads, FFN neurons and hidden dims of a BERT-family model on ``batches``.
 
     ``model``: a transformers ``BertModel`` or ``BertFor*`` (the all-MiniLM-L6-v2 teacher is a
@@ -246,6 +302,12 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     ``loss_fn``: see the module docstring. ``backend`` picks the reduction kernel
     (``auto``/``cpu``/``cuda``/``reference``). The model is scored in eval mode (no dropout)
     with its parameters frozen; both are restored afterwards, and no ``.grad`` is left behind.
+
+    ``unpad``: run a padded batch's rows in groups of similar length, each trimmed to its own
+    longest row (:func:`length_groups`, ``unpad_overhead_tokens`` per extra group; default 256
+    on a CPU, 4096 on a GPU, where small forwards cost launches), so that padding costs
+    little; every score is a sum over real tokens, so they do not change (up to rounding). Done for the losses kdfast can split exactly (the label-free proxy and the
+    BertForSequenceClassification task loss); other losses see the whole batch.
     """
     base = _bert.base_model(model)
     _bert.check_encoder(base)
@@ -256,6 +318,8 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
                                    cfg.hidden_size // cfg.num_attention_heads)
     choose = _loss_chooser(model, base, loss_fn)
     p0 = next(model.parameters())
+    if unpad_overhead_tokens is None:
+        unpad_overhead_tokens = 256 if p0.device.type == "cpu" else 4096
     # Totals live on the model's device: no host sync until the end.
     zeros = dict(dtype=torch.float64 if p0.dtype == torch.float64 else torch.float32,
                  device=p0.device)
@@ -280,8 +344,12 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
         with torch.enable_grad():  # scoring also works inside a caller's torch.no_grad()
             for batch in it:
                 rec.batch = {}
-                loss = _bert.batch_loss(model, batch, choose(batch),
-                                        lambda: setattr(rec, "active", True))
+                activate = lambda: setattr(rec, "active", True)  # noqa: E731
+                loss_fn_b = choose(batch)
+                loss = (_grouped_loss(model, base, batch, loss_fn_b, activate,
+                                      unpad_overhead_tokens) if unpad else None)
+                if loss is None:
+                    loss = _bert.batch_loss(model, batch, loss_fn_b, activate)
                 rec.active = False
                 if not loss.requires_grad:
                     raise ValueError("the loss does not depend on the model's activations")
