@@ -14,7 +14,9 @@ module boundary (for Y = X W^T + b:  sum_j W[n,j] dW[n,j] + b[n] db[n] = sum_t Y
 and sum_o W[o,d] dW[o,d] = sum_t X[t,d] dX_W[t,d]; LayerNorm and Embedding likewise). So the
 parameters are frozen during scoring (no weight-gradient GEMMs at all), forward hooks grab the
 activations and tensor hooks their gradients, and the fused ``kdfast::unit_taylor`` kernel
-(C++ on CPU, CUDA on GPU) reduces each pair in one read. The reference
+(C++ on CPU, CUDA on GPU) reduces each pair in one read. Since every score is a sum over real
+tokens, a padded batch can run as groups of rows of similar length, each trimmed to its own
+longest row (``unpad``): far fewer padded tokens, the same scores. The reference
 (:func:`kdfast.reference.importance.importance_reference`) computes the same numbers from a
 head-mask gate and autograd parameter gradients.
 
@@ -138,7 +140,7 @@ def length_groups(lengths, overhead_tokens: int):
     return groups[::-1]
 
 
-def _grouped_loss(model, base, batch, loss_fn, activate, overhead_tokens):
+def _grouped_loss(model, batch, loss_fn, activate, overhead_tokens):
     """The batch's loss computed over :func:`length_groups`, or None where kdfast cannot
     split the loss exactly: only the label-free proxy and the task loss of
     BertForSequenceClassification (a mean over rows) are split."""
@@ -304,9 +306,11 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     with its parameters frozen; both are restored afterwards, and no ``.grad`` is left behind.
 
     ``unpad``: run a padded batch's rows in groups of similar length, each trimmed to its own
-    longest row (:func:`length_groups`, ``unpad_overhead_tokens`` per extra group; default 256
-    on a CPU, 4096 on a GPU, where small forwards cost launches), so that padding costs
-    little; every score is a sum over real tokens, so they do not change (up to rounding). Done for the losses kdfast can split exactly (the label-free proxy and the
+    longest row (:func:`length_groups`, ``unpad_overhead_tokens`` per extra group; default 64
+    on a CPU, the fastest of 0-512 on the dev machine at B=32, L<=64; 4096 on a GPU, where
+    small forwards cost launches: a guess, not yet measured), so that padding costs
+    little; every score is a sum over real tokens, so they do not change (up to rounding).
+    Done for the losses kdfast can split exactly (the label-free proxy and the
     BertForSequenceClassification task loss); other losses see the whole batch.
     """
     base = _bert.base_model(model)
@@ -319,7 +323,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     choose = _loss_chooser(model, base, loss_fn)
     p0 = next(model.parameters())
     if unpad_overhead_tokens is None:
-        unpad_overhead_tokens = 256 if p0.device.type == "cpu" else 4096
+        unpad_overhead_tokens = 64 if p0.device.type == "cpu" else 4096
     # Totals live on the model's device: no host sync until the end.
     zeros = dict(dtype=torch.float64 if p0.dtype == torch.float64 else torch.float32,
                  device=p0.device)
@@ -346,8 +350,8 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
                 rec.batch = {}
                 activate = lambda: setattr(rec, "active", True)  # noqa: E731
                 loss_fn_b = choose(batch)
-                loss = (_grouped_loss(model, base, batch, loss_fn_b, activate,
-                                      unpad_overhead_tokens) if unpad else None)
+                loss = (_grouped_loss(model, batch, loss_fn_b, activate, unpad_overhead_tokens)
+                        if unpad else None)
                 if loss is None:
                     loss = _bert.batch_loss(model, batch, loss_fn_b, activate)
                 rec.active = False
