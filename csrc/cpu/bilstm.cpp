@@ -14,9 +14,9 @@
 // gate epilogue. Rows are visited longest first, so the rows still running at step s are a
 // prefix and the step GEMM skips finished rows.
 // Backward: the dh/dc recurrence the same way (per step da W_hh), writing the gate gradients
-// of both directions side by side ([B*T, 8H], like the forward's gates), then dW_ih, dW_hh,
-// dx and db as large GEMMs/reductions over all timesteps: dW_ih and dx are one GEMM each for
-// both directions.
+// of both directions side by side ([B*T, 8H], like the forward's gates) and summing db in the
+// step epilogue, then dW_ih, dW_hh (one direction per thread) and dx (one GEMM for both
+// directions) as large GEMMs over all timesteps.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
