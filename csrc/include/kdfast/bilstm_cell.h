@@ -53,7 +53,7 @@ KDFAST_INLINE void lstm_fwd_row(T* __restrict gx, const T* __restrict bias,
 // dh: [H] gradient reaching h from later steps (W_hh^T da of the next step, or dh_n);
 // dc: [H] gradient reaching c from later steps, replaced by the one for c_prev.
 // Writes the pre-activation gradient da [4H] to both da (contiguous scratch for the step's
-// GEMM) and da_save (its place in the [B*T, 8H] buffer of the GEMMs after the loop), and adds
+// GEMM) and da_save (its place in the [2, B*T, 4H] buffer of the GEMMs after the loop), and adds
 // it to db [4H] (the bias gradient, summed here instead of in another pass over da_save).
 template <class T>
 KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c,
