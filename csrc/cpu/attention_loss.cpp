@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kdfast/attention_loss_row.h"
+#include "kdfast/attention_loss_torch.h"
 #include "kdfast/huge_pages.h"
 
 namespace kdfast::cpu {
@@ -89,21 +90,10 @@ at::Tensor launch(Fn rows, const std::vector<at::Tensor>& s, const std::vector<a
 std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cpu(
     at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
     const at::Tensor& scale, int64_t kind, double temperature, bool compute_grad) {
-  // The Python layer validates user input; these checks guard direct calls of the op.
-  TORCH_CHECK(!student.empty() && student.size() == teacher.size(),
-              "attention_loss: student and teacher need the same number (>= 1) of layers");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "attention_loss: kind must be 0, 1 or 2");
-  TORCH_CHECK(temperature > 0, "attention_loss: temperature must be > 0");
+  const auto acc_type = check_attention_loss_args(student, teacher, mask, scale, kind, temperature);
   const auto dtype = student[0].scalar_type();
-  const auto acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const auto shape = student[0].sizes();
-  TORCH_CHECK(shape.size() == 4 && shape[2] == shape[3], "attention_loss: maps must be [B, H, L, L]");
   std::vector<at::Tensor> s, t, g;
   for (size_t l = 0; l < student.size(); ++l) {
-    TORCH_CHECK(student[l].sizes() == shape && teacher[l].sizes() == shape,
-                "attention_loss: every map must have the shape of student[0]");
-    TORCH_CHECK(student[l].scalar_type() == dtype && teacher[l].scalar_type() == dtype,
-                "attention_loss: every map must have the dtype of student[0]");
     s.push_back(student[l].contiguous());  // no copy for the usual contiguous maps
     t.push_back(teacher[l].contiguous());
     if (compute_grad) {
@@ -111,15 +101,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cpu(
       advise_huge_pages(g.back().mutable_data_ptr(), g.back().nbytes());
     }
   }
-  at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == acc_type && m.dim() == 2 && m.size(0) == shape[0] &&
-                    m.size(1) == shape[2],
-                "attention_loss: mask must be [B, L] of the accumulation dtype");
-  }
-  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == acc_type,
-              "attention_loss: scale must be one element of the accumulation dtype");
+  const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto sc = scale.contiguous();
   if (s[0].numel() == 0) {
     return {at::zeros({static_cast<int64_t>(s.size())}, s[0].options().dtype(acc_type)), g};

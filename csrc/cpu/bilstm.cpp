@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kdfast/bilstm_cell.h"
+#include "kdfast/bilstm_torch.h"
 
 // oneDNN's matmul inside torch (no public header) beats MKL's sgemm for these shapes on the dev
 // machine's AMD EPYC (1 thread, B*T=2500, I=300, H=150: dx 9.8 vs 15.3 ms per direction,
@@ -168,34 +169,6 @@ Plan make_plan(const std::optional<at::Tensor>& lengths, int64_t B, int64_t step
   return p;
 }
 
-void check_layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
-                 const at::Tensor& h0, const at::Tensor& c0) {
-  // The Python layer validates user input; these checks guard direct calls of the op.
-  TORCH_CHECK(x.dim() == 3, "bilstm_layer: x must be [B, T, I], got ", x.sizes());
-  const int64_t B = x.size(0), steps = x.size(1), I = x.size(2);
-  TORCH_CHECK(B >= 1 && steps >= 1, "bilstm_layer: x must have B >= 1 and T >= 1");
-  TORCH_CHECK(w_ih.dim() == 3 && w_ih.size(0) == 2 && w_ih.size(2) == I && w_ih.size(1) % 4 == 0,
-              "bilstm_layer: w_ih must be [2, 4H, I], got ", w_ih.sizes());
-  const int64_t H = w_ih.size(1) / 4;
-  TORCH_CHECK(w_hh.sizes() == at::IntArrayRef({2, 4 * H, H}), "bilstm_layer: w_hh must be [2, ",
-              4 * H, ", ", H, "], got ", w_hh.sizes());
-  TORCH_CHECK(h0.sizes() == at::IntArrayRef({2, B, H}) && c0.sizes() == h0.sizes(),
-              "bilstm_layer: h0 and c0 must be [2, ", B, ", ", H, "]");
-  for (const at::Tensor* t : {&w_ih, &w_hh, &h0, &c0})
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
-                "bilstm_layer: all tensors must share x's dtype and device");
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->sizes() == at::IntArrayRef({2, 4 * H}), "bilstm_layer: bias must be [2, 4H]");
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
-                "bilstm_layer: bias must share x's dtype and device");
-  }
-  if (lengths.has_value())
-    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B &&
-                    !at::isFloatingType(lengths->scalar_type()),
-                "bilstm_layer: lengths must be an integer tensor [B]");
-}
-
 template <class T>
 void forward_impl(const Plan& p, int64_t H, T* gx, const T* bias, const T* w_hh, const T* h0,
                   const T* c0, T* out, T* cells, T* hn, T* cn) {
@@ -241,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
     const at::Tensor& h0, const at::Tensor& c0, bool train) {
-  check_layer(x, w_ih, w_hh, bias, lengths, h0, c0);
+  check_bilstm_layer(x, w_ih, w_hh, bias, lengths, h0, c0);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "bilstm_layer (CPU): dtype must be float32 or float64, got ", x.scalar_type());
   const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
@@ -324,7 +297,7 @@ bilstm_layer_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
                           const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& out,
                           const at::Tensor& gates, const at::Tensor& cells, bool need_dx,
                           bool need_dbias) {
-  check_layer(x, w_ih, w_hh, std::nullopt, lengths, h0, c0);
+  check_bilstm_layer(x, w_ih, w_hh, std::nullopt, lengths, h0, c0);
   const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
   TORCH_CHECK(gates.sizes() == at::IntArrayRef({B, steps, 8 * H}) &&
                   cells.sizes() == at::IntArrayRef({B, steps, 2 * H}),

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kdfast/attention_loss_cuda.h"
+#include "kdfast/attention_loss_torch.h"
 
 namespace kdfast::cuda {
 namespace {
@@ -27,26 +28,14 @@ int dtype_code(at::ScalarType t) {
 std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cuda(
     at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
     const at::Tensor& scale, int64_t kind, double temperature, bool compute_grad) {
-  TORCH_CHECK(!student.empty() && student.size() == teacher.size(),
-              "attention_loss: student and teacher need the same number (>= 1) of layers");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "attention_loss: kind must be 0, 1 or 2");
-  TORCH_CHECK(temperature > 0, "attention_loss: temperature must be > 0");
+  const auto acc_type = check_attention_loss_args(student, teacher, mask, scale, kind, temperature);
   const auto dtype = student[0].scalar_type();
-  const auto acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const auto shape = student[0].sizes();
-  const auto device = student[0].device();
-  TORCH_CHECK(shape.size() == 4 && shape[2] == shape[3], "attention_loss: maps must be [B, H, L, L]");
-  const c10::cuda::CUDAGuard guard(device);
+  const c10::cuda::CUDAGuard guard(student[0].device());
   std::vector<at::Tensor> s, t, g;
   std::vector<const void*> sp, tp;
   std::vector<void*> gp;
   for (size_t l = 0; l < student.size(); ++l) {
-    TORCH_CHECK(student[l].sizes() == shape && teacher[l].sizes() == shape,
-                "attention_loss: every map must have the shape of student[0]");
-    TORCH_CHECK(student[l].scalar_type() == dtype && teacher[l].scalar_type() == dtype,
-                "attention_loss: every map must have the dtype of student[0]");
-    TORCH_CHECK(student[l].device() == device && teacher[l].device() == device,
-                "attention_loss: every map must be on ", device);
     s.push_back(student[l].contiguous());
     t.push_back(teacher[l].contiguous());
     sp.push_back(s.back().const_data_ptr());
@@ -56,15 +45,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cuda(
       gp.push_back(g.back().mutable_data_ptr());
     }
   }
-  at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == acc_type && m.dim() == 2 && m.size(0) == shape[0] &&
-                    m.size(1) == shape[2] && m.device() == device,
-                "attention_loss: mask must be [B, L] of the accumulation dtype on ", device);
-  }
-  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == acc_type && scale.device() == device,
-              "attention_loss: scale must be one element of the accumulation dtype on ", device);
+  const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto sc = scale.contiguous();
   const int64_t n = static_cast<int64_t>(s.size());
   const int64_t B = shape[0], H = shape[1], L = shape[2];
