@@ -1,6 +1,6 @@
 // Torch glue for the CUDA attention-map losses (kernels in attention_loss.cu): checks,
 // allocation, the current stream and the CUDA registration of kdfast::attention_loss (the
-// schema is declared in csrc/cpu/attention_loss.cpp). Not compilable on a CPU-only torch.
+// schema is declared in csrc/cpu/attention_loss.cpp). Type-checked by tests/test_cuda_compile.py.
 #include <torch/extension.h>
 
 #include <ATen/cuda/CUDAContext.h>
