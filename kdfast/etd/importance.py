@@ -324,7 +324,8 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     p0 = next(model.parameters())
     if unpad_overhead_tokens is None:
         unpad_overhead_tokens = 64 if p0.device.type == "cpu" else 4096
-    # Totals live on the model's device: no host sync until the end.
+    # Totals live on the model's device: no host sync until the end (but unpad reads each
+    # batch's row lengths on the host: a sync per batch when the batches are on a GPU).
     zeros = dict(dtype=torch.float64 if p0.dtype == torch.float64 else torch.float32,
                  device=p0.device)
     heads_tot = torch.zeros(n_layers, n_heads, **zeros) if heads else None
