@@ -77,6 +77,25 @@ def test_cpu_matches_nn_lstm_float64(B, T, I, H, layers, var, with_hx, bias):
 
 
 @needs_cpu
+@pytest.mark.parametrize("used", ["out", "h", "c"])
+def test_cpu_gradients_when_only_one_output_is_used(used):
+    # Autograd hands the op None (not zeros) for the outputs the loss does not read.
+    B, T, I, H = 4, 6, 5, 7
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    ws = _weights(I, H, 2, True, seed=3)
+    lengths = _lengths(B, T, seed=5)
+    grads = []
+    for fn in (lambda *a, **k: bilstm(*a, backend="cpu", **k), reference):
+        out, (h, c) = fn(x, ws, lengths, None, num_layers=2)
+        y = {"out": out, "h": h, "c": c}[used]
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(),
+                                                             dtype=y.dtype).view_as(y)).sum(),
+                                         [x] + ws, allow_unused=True))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+
+
+@needs_cpu
 def test_cpu_float32_close_to_nn_lstm():
     torch.manual_seed(1)
     B, T, I, H = 5, 9, 17, 23
