@@ -66,7 +66,7 @@ def main() -> int:
         unlabelled = list(dict.fromkeys(
             unlabelled + unlabelled_sentences(["snli"], limit=args.snli, seed=0)))
     t0 = time.perf_counter()
-    # seed 0 runs stage 1 and its own stage 2
+    # the first seed runs stage 1 (saved under sra-0) and its own stage 2
     _, r0 = sra(base, task, out / "sra-0", unlabelled=unlabelled, vector="mean", stage2="hard",
                 stage1_loss=args.stage1_loss,
                 stage1={"epochs": args.stage1_epochs}, seed=args.seeds[0], teacher_bf16=True,
