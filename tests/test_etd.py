@@ -2,7 +2,6 @@
 extraction, and the `kdfast extract` command."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
@@ -442,10 +441,10 @@ def test_importance_of_another_model_is_rejected():
 
 # ---------------------------------------------------------------- command line
 
-def test_cli_extract(tmp_path):
+def test_cli_extract(tmp_path, capsys):
     from transformers import BertTokenizer
 
-    from kdfast.etd.cli import add_extract_parser
+    from kdfast.cli import main
 
     words = [f"w{i}" for i in range(80)]
     vocab = tmp_path / "vocab.txt"
@@ -456,22 +455,19 @@ def test_cli_extract(tmp_path):
     BertTokenizer(str(vocab)).save_pretrained(teacher_dir)
     data = tmp_path / "data.txt"
     data.write_text("\n".join(" ".join(words[i:i + 5 + i % 4]) for i in range(0, 60, 3)) + "\n")
-    parser = argparse.ArgumentParser()
-    add_extract_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "student"
-    args = parser.parse_args(["extract", "--teacher", str(teacher_dir), "--layers", "2",
-                              "--hidden", "12", "--heads", "2", "--ffn", "16", "--data", str(data),
-                              "--batch-size", "8", "--out", str(out), "--device", "cpu"])
-    assert args.func(args) == 0
+    common = ["--teacher", str(teacher_dir), "--num-layers", "2", "--num-heads", "2",
+              "--intermediate-size", "16", "--device", "cpu", "--no-progress"]
+    assert main(["extract", *common, "--hidden-size", "12", "--task", str(data),
+                 "--batch-size", "8", "--out", str(out)]) == 0
     student = BertModel.from_pretrained(out)
     assert student.config.hidden_size == 12 and student.config.num_hidden_layers == 2
     imp = etd.Importance.load(out / "importance.pt")
     assert imp.num_sentences == 20 and imp.heads.shape == (3, 4)
-    bad = parser.parse_args(["extract", "--teacher", str(teacher_dir), "--layers", "2",
-                             "--hidden", "13", "--heads", "2", "--ffn", "16", "--strategy", "rand",
-                             "--out", str(tmp_path / "x"), "--device", "cpu"])
-    with pytest.raises(SystemExit, match="not a multiple"):
-        bad.func(bad)
+    capsys.readouterr()
+    assert main(["extract", *common, "--hidden-size", "13", "--strategy", "rand",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "not a multiple" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real teacher and sentences

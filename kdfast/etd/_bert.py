@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
 
@@ -34,15 +35,83 @@ def check_encoder(base) -> None:
 
 
 def take(batches, num_batches):
-    if num_batches is None:
-        return iter(batches)
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+    """An iterator over at most ``num_batches`` of ``batches``: an iterable of mappings, or a
+    single mapping (one batch, e.g. a tokenizer's BatchEncoding)."""
+    if isinstance(num_batches, bool) or not (num_batches is None or isinstance(num_batches, int)) \
+            or (num_batches is not None and num_batches < 1):
         raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
-    return itertools.islice(batches, num_batches)
+    if is_mapping(batches):
+        batches = [batches]
+    elif isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise TypeError("batches must be an iterable of mappings (dicts with 'input_ids' and "
+                        "optionally 'attention_mask', 'token_type_ids', labels) or a single such "
+                        f"mapping, got {type(batches).__name__}")
+    it = iter(batches)
+    return it if num_batches is None else itertools.islice(it, num_batches)
+
+
+def is_mapping(value) -> bool:
+    return isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")
+                                          and not isinstance(value, torch.Tensor))
+
+
+def _int_tensor(name, v, *, floats=False):
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"batch[{name!r}] must be a torch.Tensor, got {type(v).__name__}")
+    if v.dtype.is_complex or (v.dtype.is_floating_point and not floats):
+        raise TypeError(f"batch[{name!r}] must have an integer dtype, got {v.dtype}")
+    return v
+
+
+def check_batch(batch, config) -> None:
+    """Validates one batch's model inputs against the BERT ``config`` (ValueError/TypeError
+    naming the key) before the model runs: ``input_ids`` a non-empty [B, L] integer tensor of
+    ids in [0, vocab_size), L <= max_position_embeddings; ``attention_mask``,
+    ``token_type_ids`` (in [0, type_vocab_size)) and ``position_ids`` of the same shape.
+    One host sync for the value ranges."""
+    if not is_mapping(batch) or "input_ids" not in batch:
+        raise TypeError("each batch must be a mapping with at least 'input_ids' "
+                        f"(and optionally {INPUT_KEYS[1:] + LABEL_KEYS}), "
+                        f"got {type(batch).__name__}")
+    ids = _int_tensor("input_ids", batch["input_ids"])
+    if ids.dtype == torch.bool:
+        raise TypeError("batch['input_ids'] must have an integer dtype, got torch.bool")
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError("batch['input_ids'] must have shape [B, L] with B >= 1 and L >= 1, "
+                         f"got {tuple(ids.shape)}")
+    B, L = ids.shape
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos is not None and L > max_pos:
+        raise ValueError(f"batch['input_ids'] has L={L} tokens per row, more than the model's "
+                         f"max_position_embeddings={max_pos}")
+    ranges = [("input_ids", ids, config.vocab_size)]
+    for key, limit in (("attention_mask", None),
+                       ("token_type_ids", getattr(config, "type_vocab_size", None)),
+                       ("position_ids", max_pos)):
+        v = batch[key] if key in batch else None
+        if v is None:
+            continue
+        _int_tensor(key, v, floats=key == "attention_mask")
+        ok = tuple(v.shape) == (B, L) or (key == "position_ids" and tuple(v.shape) == (1, L))
+        if not ok:
+            raise ValueError(f"batch[{key!r}] must have the shape of input_ids {(B, L)}, "
+                             f"got {tuple(v.shape)}")
+        if v.device != ids.device:
+            raise ValueError(f"batch[{key!r}] is on {v.device} but input_ids is on {ids.device}")
+        if limit is not None:
+            ranges.append((key, v, limit))
+    bounds = torch.stack([torch.stack(v.to(torch.int64).aminmax())
+                          for _, v, _ in ranges]).tolist()
+    for (key, _, limit), (lo, hi) in zip(ranges, bounds):
+        if lo < 0 or hi >= limit:
+            what = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size",
+                    "position_ids": "max_position_embeddings"}[key]
+            raise ValueError(f"batch[{key!r}] must lie in [0, {what}={limit}), got values in "
+                             f"[{lo}, {hi}]")
 
 
 def model_inputs(batch, device, *, labels: bool):
-    if not hasattr(batch, "keys") or "input_ids" not in batch:
+    if not is_mapping(batch) or "input_ids" not in batch:
         raise TypeError("each batch must be a mapping with at least 'input_ids' "
                         f"(and optionally {INPUT_KEYS[1:] + LABEL_KEYS}), "
                         f"got {type(batch).__name__}")
@@ -63,13 +132,15 @@ def row_lengths(batch) -> list[int] | None:
     return (attn.ne(0) * pos).amax(1).clamp_min(1).tolist()
 
 
-def select_rows(inputs: dict, rows) -> dict:
+def select_rows(inputs: dict, rows, length: int | None = None) -> dict:
     """``inputs`` (model inputs and labels, batch-first) for the given rows, with the token
-    axis of the 2-D inputs trimmed to these rows' longest real length."""
+    axis of the 2-D inputs trimmed to ``length`` (these rows' longest real length; derived
+    from the attention mask, a host sync, when not given)."""
     n = inputs["input_ids"].shape[0]
     idx = torch.as_tensor(rows, dtype=torch.long, device=inputs["input_ids"].device)
     attn = inputs.get("attention_mask")
-    length = None if attn is None else max(row_lengths({"attention_mask": attn[idx]}))
+    if length is None and attn is not None:
+        length = max(row_lengths({"attention_mask": attn[idx]}))
     out = {}
     for k, v in inputs.items():
         if v.dim() >= 1 and v.shape[0] == n:

@@ -80,8 +80,15 @@ class MaskedProxyLoss:
     """
 
     def __init__(self, mask_prob: float = 0.15, mask_token_id: int | None = None, seed: int = 0):
-        if not 0 < mask_prob <= 1:
-            raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
+        if isinstance(mask_prob, bool) or not isinstance(mask_prob, (int, float)) \
+                or not 0 < mask_prob <= 1:
+            raise ValueError(f"mask_prob must be a number in (0, 1], got {mask_prob!r}")
+        if mask_token_id is not None and (isinstance(mask_token_id, bool)
+                                          or not isinstance(mask_token_id, int)
+                                          or mask_token_id < 0):
+            raise ValueError(f"mask_token_id must be a token id >= 0 or None, got {mask_token_id!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
         self.mask_prob = float(mask_prob)
         self.mask_token_id = mask_token_id
         self.generator = torch.Generator().manual_seed(seed)
@@ -90,16 +97,20 @@ class MaskedProxyLoss:
         mask_id = self.mask_token_id
         if mask_id is None:
             mask_id = 103 if vocab_size > 103 else vocab_size - 1
+        elif mask_id >= vocab_size:
+            raise ValueError(f"mask_token_id={mask_id} is not in the model's vocabulary "
+                             f"(vocab_size={vocab_size})")
         draw = torch.rand(input_ids.shape, generator=self.generator).to(input_ids.device)
         pick = (draw < self.mask_prob) & attention_mask.bool()
         pick[:, 0] = False
         return torch.where(pick, torch.full_like(input_ids, mask_id), input_ids)
 
-    def compute(self, model, batch, activate, groups=None):
+    def compute(self, model, batch, activate, groups=None, lengths=None):
         """The proxy loss of ``batch``; ``groups`` (lists of row indices, see
         :func:`length_groups`) runs the rows group by group, each trimmed to its longest row:
         the same loss (the masks are drawn for the whole batch, the denominator counts the
-        whole batch's tokens), with fewer padded tokens through the model."""
+        whole batch's tokens), with fewer padded tokens through the model. ``lengths`` (each
+        row's real length, as given to :func:`length_groups`) saves re-reading them."""
         base = _bert.base_model(model)
         device = next(model.parameters()).device
         inputs = _bert.model_inputs(batch, device, labels=False)
@@ -110,7 +121,8 @@ class MaskedProxyLoss:
         masked = dict(inputs, input_ids=self.mask(ids, attn, base.config.vocab_size))
         inputs["attention_mask"] = masked["attention_mask"] = attn
         parts = [(inputs, masked)] if groups is None else [
-            (_bert.select_rows(inputs, g), _bert.select_rows(masked, g)) for g in groups]
+            (_bert.select_rows(inputs, g, n), _bert.select_rows(masked, g, n))
+            for g, n in zip(groups, _group_lengths(groups, lengths))]
         with torch.no_grad():
             targets = [base(**clean).last_hidden_state for clean, _ in parts]
         activate()
@@ -140,6 +152,13 @@ def length_groups(lengths, overhead_tokens: int):
     return groups[::-1]
 
 
+def _group_lengths(groups, lengths):
+    """Each group's longest row length (None each when the lengths are not known)."""
+    if lengths is None:
+        return [None] * len(groups)
+    return [max(lengths[i] for i in g) for g in groups]
+
+
 def _grouped_loss(model, batch, loss_fn, activate, overhead_tokens):
     """The batch's loss computed over :func:`length_groups`, or None where kdfast cannot
     split the loss exactly: only the label-free proxy and the task loss of
@@ -153,7 +172,7 @@ def _grouped_loss(model, batch, loss_fn, activate, overhead_tokens):
     if len(groups) == 1:
         return None
     if isinstance(loss_fn, MaskedProxyLoss):
-        return loss_fn.compute(model, batch, activate, groups=groups)
+        return loss_fn.compute(model, batch, activate, groups=groups, lengths=lengths)
     labels = batch.get("labels")
     if (loss_fn is not None or type(model) is not BertForSequenceClassification
             or labels is None or any(k in batch for k in _bert.LABEL_KEYS if k != "labels")
@@ -163,7 +182,21 @@ def _grouped_loss(model, batch, loss_fn, activate, overhead_tokens):
     inputs = _bert.model_inputs(batch, device, labels=True)
     activate()
     n = len(lengths)
-    return sum(model(**_bert.select_rows(inputs, g)).loss * (len(g) / n) for g in groups)
+    return sum(model(**_bert.select_rows(inputs, g, m)).loss * (len(g) / n)
+               for g, m in zip(groups, _group_lengths(groups, lengths)))
+
+
+def check_loss_fn(loss_fn) -> None:
+    if loss_fn is not None and not callable(loss_fn) and not hasattr(loss_fn, "compute"):
+        raise TypeError("loss_fn must be None, a callable loss_fn(outputs, batch) -> scalar or "
+                        f"an object with compute(model, batch, activate), got "
+                        f"{type(loss_fn).__name__}")
+
+
+def _backend_for(backend, device):
+    from kdfast.ops.importance import resolve
+
+    return resolve(backend, device)
 
 
 def _loss_chooser(model, base, loss_fn):
@@ -315,13 +348,23 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     """
     base = _bert.base_model(model)
     _bert.check_encoder(base)
+    for name, flag in (("heads", heads), ("ffn", ffn), ("hidden", hidden), ("unpad", unpad)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     if not (heads or ffn or hidden):
         raise ValueError("at least one of heads, ffn, hidden must be True")
+    check_loss_fn(loss_fn)
+    if unpad_overhead_tokens is not None and (isinstance(unpad_overhead_tokens, bool) or
+                                              not isinstance(unpad_overhead_tokens, int) or
+                                              unpad_overhead_tokens < 0):
+        raise ValueError("unpad_overhead_tokens must be an int >= 0 or None, "
+                         f"got {unpad_overhead_tokens!r}")
     cfg = base.config
     n_layers, n_heads, head_dim = (cfg.num_hidden_layers, cfg.num_attention_heads,
                                    cfg.hidden_size // cfg.num_attention_heads)
     choose = _loss_chooser(model, base, loss_fn)
     p0 = next(model.parameters())
+    _backend_for(backend, p0.device)  # a bad backend fails here, not inside a backward hook
     if unpad_overhead_tokens is None:
         unpad_overhead_tokens = 64 if p0.device.type == "cpu" else 4096
     # Totals live on the model's device: no host sync until the end (but unpad reads each
@@ -333,21 +376,22 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
     ffn_tot = torch.zeros(n_layers, cfg.intermediate_size, **zeros) if ffn else None
     hidden_tot = torch.zeros(cfg.hidden_size, **zeros) if hidden else None
 
-    rec = _Recorder(base, heads=heads, ffn=ffn, hidden=hidden, backend=backend)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    count = sentences = 0
-    it = _bert.take(batches, num_batches)
+    it = _bert.take(batches, num_batches)  # TypeError for a non-iterable before any work
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, total=num_batches, desc="scoring", unit="batch")
+    rec = _Recorder(base, heads=heads, ffn=ffn, hidden=hidden, backend=backend)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    count = sentences = 0
     try:
         model.eval()
         for p, _ in flags:
             p.requires_grad_(False)
         with torch.enable_grad():  # scoring also works inside a caller's torch.no_grad()
             for batch in it:
+                _bert.check_batch(batch, cfg)
                 rec.batch = {}
                 activate = lambda: setattr(rec, "active", True)  # noqa: E731
                 loss_fn_b = choose(batch)

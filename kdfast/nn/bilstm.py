@@ -1,14 +1,17 @@
 """kdfast.nn.BiLSTM: a bidirectional LSTM backed by kdfast's fused kernels.
 
 ``BiLSTM(input_size, hidden_size, num_layers=1, batch_first=True, dropout=0.0, bias=True)``
-and ``forward(x, lengths=None, hx=None) -> (output, (h_n, c_n))`` with the shapes, parameter
-names and semantics of ``nn.LSTM(bidirectional=True)`` (it is a subclass, so state dicts load
-both ways). ``lengths`` ([B] ints) gives variable-length rows without packing: the numbers of
-nn.LSTM on a PackedSequence, zeros at padded positions. The work is done by
+and ``forward(x, lengths=None, hx=None) -> (output, (h_n, c_n))`` (or nn.LSTM's
+``forward(x, (h_0, c_0))``) with the shapes, parameter names and semantics of
+``nn.LSTM(bidirectional=True)`` (it is a subclass, so state dicts load both ways).
+``lengths`` ([B] ints) gives variable-length rows without packing: the numbers of nn.LSTM on a
+PackedSequence, zeros at padded positions, and nothing at a padded position (NaN included)
+reaches a result or a gradient. The work is done by
 :func:`kdfast.ops.bilstm` (set ``module.backend`` to force a backend; default ``"auto"``).
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -34,6 +37,13 @@ class BiLSTM(nn.LSTM):
         return out
 
     def forward(self, x, lengths=None, hx=None):
+        """``(output, (h_n, c_n))``. Call it as ``m(x, lengths)``, ``m(x, lengths=..., hx=...)``
+        or nn.LSTM-style ``m(x, (h_0, c_0))`` (a tuple of two tensors in the second position
+        is the initial state, never lengths)."""
+        if _is_state(lengths):  # nn.LSTM's forward(input, hx)
+            if hx is not None:
+                raise TypeError("hx given twice: as the second positional argument and as hx=")
+            lengths, hx = None, lengths
         if isinstance(x, PackedSequence):  # nn.LSTM's own packed path, for drop-in use
             if lengths is not None:
                 raise ValueError("lengths cannot be combined with a PackedSequence input")
@@ -41,3 +51,9 @@ class BiLSTM(nn.LSTM):
         return bilstm(x, self._flat_weights, lengths, hx, num_layers=self.num_layers,
                       bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
                       training=self.training, backend=self.backend)
+
+
+def _is_state(value) -> bool:
+    """A (h_0, c_0) pair: two tensors of at least 2 dims (lengths are 1-D)."""
+    return (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, torch.Tensor) and v.dim() >= 2 for v in value))

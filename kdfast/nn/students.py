@@ -38,8 +38,14 @@ class BiLSTMEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         for name, v in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
                         ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            _positive_int(name, v)
+        _dropout(dropout)
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+                raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+            if not -vocab_size <= padding_idx < vocab_size:
+                raise ValueError(f"padding_idx must lie in [-{vocab_size}, {vocab_size}) "
+                                 f"(vocab_size={vocab_size}), got {padding_idx}")
         self.vocab_size, self.embed_dim = vocab_size, embed_dim
         self.pooling, self.embedding_mode = pooling, embedding_mode
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
@@ -65,6 +71,10 @@ class BiLSTMEncoder(nn.Module):
                 self.static.weight.copy_(weights)
 
     def forward(self, ids, lengths):
+        _check_ids(ids, lengths, self.vocab_size)
+        return self._encode(ids, lengths)
+
+    def _encode(self, ids, lengths):  # arguments already checked
         x = self.embedding(ids)
         if self.static is not None:
             x = torch.cat([self.static(ids), x], dim=-1)
@@ -76,6 +86,55 @@ class BiLSTMEncoder(nn.Module):
         if self.pooling == "max":
             return out.masked_fill(~mask, float("-inf")).amax(1)
         return (out * mask).sum(1) / lengths.to(out.device, out.dtype)[:, None].clamp_min(1)
+
+
+def _positive_int(name, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be a positive int, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def _dropout(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"dropout must be a number in [0, 1], got {p!r}")
+    return p
+
+
+def _check_ids(ids, lengths, vocab_size, suffix=""):
+    """ids [B, T] integer token ids in [0, vocab_size); lengths [B] ints in [1, T]. A host
+    sync for the ranges: an out-of-range id would be a device assert on CUDA."""
+    name = "ids" + suffix
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, T] of token ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {ids.dtype}")
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"{name} must have shape [B, T] with B, T >= 1, got {tuple(ids.shape)}")
+    if lengths is None:
+        raise ValueError(f"lengths{suffix} is required: a [B] int tensor of row lengths "
+                         f"in [1, T={ids.shape[1]}]")
+    lname = "lengths" + suffix
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"{lname} must be a [B] int tensor, got {type(lengths).__name__}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"{lname} must have an integer dtype, got {lengths.dtype}")
+    B, T = ids.shape
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"{lname} must have shape ({B},) (one length per row of {name}), got "
+                         f"{tuple(lengths.shape)}")
+    if lengths.device.type != "cpu" and lengths.device != ids.device:
+        raise ValueError(f"{lname} is on {lengths.device} but {name} is on {ids.device}")
+    lo, hi = ids.aminmax()
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got values in "
+                         f"[{lo}, {hi}]")
+    lo, hi = lengths.aminmax()
+    lo, hi = int(lo), int(hi)
+    if lo < 1 or hi > T:
+        raise ValueError(f"{lname} must lie in [1, T={T}], got values in [{lo}, {hi}]")
 
 
 class _Student(nn.Module):
@@ -120,8 +179,9 @@ class BiLSTMClassifier(_Student):
                  pooling: str = "last", embedding_mode: str = "non-static", dropout: float = 0.1,
                  padding_idx: int = 0):
         super().__init__()
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+        _positive_int("num_labels", num_labels)
+        _positive_int("fc_size", fc_size)
+        _dropout(dropout)
         enc = _encoder_args(vocab_size, embed_dim, hidden_size, num_layers, pooling,
                             embedding_mode, 0.0, padding_idx)
         self._keep_config(num_labels=num_labels, fc_size=fc_size, dropout=dropout,
@@ -146,6 +206,9 @@ class SiameseBiLSTMClassifier(_Student):
                  pooling: str = "last", embedding_mode: str = "non-static", dropout: float = 0.1,
                  padding_idx: int = 0):
         super().__init__()
+        _positive_int("num_labels", num_labels)
+        _positive_int("fc_size", fc_size)
+        _dropout(dropout)
         enc = _encoder_args(vocab_size, embed_dim, hidden_size, num_layers, pooling,
                             embedding_mode, 0.0, padding_idx)
         self._keep_config(num_labels=num_labels, fc_size=fc_size, dropout=dropout,
@@ -156,7 +219,9 @@ class SiameseBiLSTMClassifier(_Student):
         self.num_labels = num_labels
 
     def forward(self, ids, lengths, ids_b, lengths_b):
-        h1, h2 = self.encoder(ids, lengths), self.encoder(ids_b, lengths_b)
+        _check_ids(ids, lengths, self.encoder.vocab_size)
+        _check_ids(ids_b, lengths_b, self.encoder.vocab_size, "_b")
+        h1, h2 = self.encoder._encode(ids, lengths), self.encoder._encode(ids_b, lengths_b)
         return self.head(torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1))
 
     def forward_batch(self, batch):
@@ -170,6 +235,7 @@ class SRAEncoder(_Student):
                  hidden_size: int = 150, num_layers: int = 1, pooling: str = "max",
                  embedding_mode: str = "non-static", padding_idx: int = 0):
         super().__init__()
+        _positive_int("teacher_hidden", teacher_hidden)
         enc = _encoder_args(vocab_size, embed_dim, hidden_size, num_layers, pooling,
                             embedding_mode, 0.0, padding_idx)
         self._keep_config(teacher_hidden=teacher_hidden,

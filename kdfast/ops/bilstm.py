@@ -53,9 +53,19 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, lengths, h0, c0, out, gates, cells)
 
 
+def _valid(lengths, T, device):
+    """[B, T, 1] bool: True at each row's real positions (t < lengths[b])."""
+    return (torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)
+
+
 def _backward(ctx, g_out, g_hn, g_cn, _g_gates, _g_cells):
     x, w_ih, w_hh, lengths, h0, c0, out, gates, cells = ctx.saved_tensors
-    g_out = torch.zeros_like(out) if g_out is None else g_out
+    if g_out is None:
+        g_out = torch.zeros_like(out)
+    elif lengths is not None:
+        # Outputs at padded positions are constant zeros: whatever gradient arrives there
+        # (NaN included) must not reach the kernel's sums. torch.where, not a multiply.
+        g_out = torch.where(_valid(lengths, out.shape[1], out.device), g_out, 0)
     g_hn = torch.zeros_like(h0) if g_hn is None else g_hn
     g_cn = torch.zeros_like(c0) if g_cn is None else g_cn
     need_dx = ctx.needs_input_grad[0]
@@ -73,7 +83,10 @@ if _ext.has_op("bilstm_layer"):
 
 
 def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
-    """Validates the user's arguments; returns (weights, lengths as a tensor or None)."""
+    """Validates the user's arguments before any kernel runs.
+
+    Returns (weights as a list, lengths as an int tensor or None, padded): ``padded`` is True
+    when some row is shorter than T (its padded positions must then be masked)."""
     _checks.tensor("x", x)
     if x.dim() not in (2, 3):
         raise ValueError(
@@ -81,8 +94,13 @@ def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
             f"[T, I], got shape {tuple(x.shape)}")
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+    for name, flag in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+    if isinstance(weights, torch.Tensor) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"weights must be a list of tensors, got {type(weights).__name__}")
     weights = list(weights)
     per_dir = 4 if bias else 2
     if len(weights) != 2 * num_layers * per_dir:
@@ -91,8 +109,16 @@ def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
     for k, w in enumerate(weights):
         _checks.tensor(f"weights[{k}]", w)
         _checks.same(f"weights[{k}]", w, "x", x, shape=False)
+    if weights[0].dim() != 2 or weights[1].dim() != 2:
+        raise ValueError(f"weights[0] and weights[1] must be 2-D (w_ih, w_hh), got shapes "
+                         f"{tuple(weights[0].shape)} and {tuple(weights[1].shape)}")
     hidden = weights[1].shape[-1]
-    in_size = x.shape[-1]
+    in_size = weights[0].shape[-1]
+    if x.shape[-1] != in_size:
+        raise ValueError(f"x must have input_size={in_size} features in its last dim (the "
+                         f"width of weights[0]), got shape {tuple(x.shape)}")
+    if hidden < 1:
+        raise ValueError(f"hidden size must be >= 1, got weights[1] of shape {tuple(weights[1].shape)}")
     for k, w in enumerate(weights):
         layer, kind = divmod(k, per_dir)
         layer //= 2
@@ -104,39 +130,46 @@ def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
     B = 1 if x.dim() == 2 else (x.shape[0] if batch_first else x.shape[1])
     if B < 1 or T < 1:
         raise ValueError(f"x must have at least one row and one timestep, got {tuple(x.shape)}")
+    padded = False
     if lengths is not None:
         if x.dim() == 2:
-            raise ValueError("lengths needs batched (3-D) x")
-        if isinstance(lengths, (list, tuple)):
-            lengths = torch.as_tensor(lengths)
+            raise ValueError("lengths needs batched (3-D) x; unbatched x [T, I] is one full row")
         if not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"lengths must be an int tensor [B] or None, got {type(lengths).__name__}")
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError("lengths must be an int tensor [B] (or a list of ints) or None, "
+                                f"got {type(lengths).__name__}") from None
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
         if tuple(lengths.shape) != (B,):
-            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+            raise ValueError(f"lengths must have shape ({B},) (one length per row of x), "
+                             f"got {tuple(lengths.shape)}")
         if lengths.device.type != "cpu" and lengths.device != x.device:
             raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}")
-        lo, hi = int(lengths.min()), int(lengths.max())  # one small sync, before any kernel
+        lo, hi = lengths.aminmax()
+        lo, hi = int(lo), int(hi)  # one small sync, before any kernel
         if lo < 1 or hi > T:
             raise ValueError(f"lengths must lie in [1, T={T}], got values in [{lo}, {hi}]")
+        padded = lo < T
     if hx is not None:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError("hx must be a tuple (h_0, c_0) or None")
+            raise TypeError(f"hx must be a tuple (h_0, c_0) or None, got {type(hx).__name__}")
         want = (2 * num_layers, hidden) if x.dim() == 2 else (2 * num_layers, B, hidden)
         for name, s in zip(("h_0", "c_0"), hx):
             _checks.tensor(f"hx {name}", s)
             _checks.same(f"hx {name}", s, "x", x, shape=False)
             if tuple(s.shape) != want:
                 raise ValueError(f"hx {name} must have shape {want}, got {tuple(s.shape)}")
-    return weights, lengths
+    return weights, lengths, padded
 
 
 def bilstm(x, weights, lengths=None, hx=None, *, num_layers: int = 1, bias: bool = True,
            batch_first: bool = True, dropout: float = 0.0, training: bool = False,
            backend: str = "auto"):
     """Bidirectional LSTM, ``(output, (h_n, c_n))`` as ``nn.LSTM(bidirectional=True)``."""
-    weights, lengths = _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout)
+    weights, lengths, padded = _check(x, weights, lengths, hx, num_layers, bias, batch_first,
+                                      dropout)
     name = _backend.resolve(backend, x.device, _PREFERENCE)
     if name not in ("cpu", "cuda"):  # "reference", or "triton" forced by KDFAST_BACKEND
         return _reference(x, weights, lengths, hx, num_layers, bias, batch_first, dropout,
@@ -147,6 +180,12 @@ def bilstm(x, weights, lengths=None, hx=None, *, num_layers: int = 1, bias: bool
         hx = None if hx is None else tuple(s.unsqueeze(1) for s in hx)
     elif not batch_first:
         x = x.transpose(0, 1)
+    if padded:
+        # Positions past a row's length never touch a result or a gradient: the kernels read
+        # the whole [B, T, I] block (the input GEMM, and x^T dgates for dW_ih), where a NaN
+        # or inf at a padded position would leak through 0 * NaN. torch.where (not a multiply)
+        # also gives x a zero gradient there, as nn.LSTM on a PackedSequence does.
+        x = torch.where(_valid(lengths, x.shape[1], x.device), x, 0)
     dtype = x.dtype
     # The CPU kernel computes in fp32 or fp64; half types go through fp32 there.
     work = torch.float32 if (x.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)) else dtype

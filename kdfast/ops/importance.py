@@ -56,15 +56,26 @@ def check(act, grad, units) -> None:
         raise ValueError(f"units must be >= 1 and divide the last dim of act ({k}), got {units}")
 
 
+# No Triton kernel for this family (the reduction is memory-trivial): the C++ kernels, then
+# the reference. What a forced backend outside this list does is the shared rule of
+# kdfast.ops._backend.resolve.
+_PREFERENCE = {"cuda": ("cuda", "reference"), "cpu": ("cpu", "reference")}
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend unit_taylor runs on ``device`` ('cpu', 'cuda' or 'reference')."""
+    name = _backend.resolve(backend, device, _PREFERENCE)
+    if name not in ("cpu", "cuda"):
+        return "reference"  # "reference", or "triton" forced where the shared rule allows it
+    return name
+
+
 def unit_taylor(act: torch.Tensor, grad: torch.Tensor, units: int | None = None,
                 backend: str = "auto") -> torch.Tensor:
     """Per-unit sums of ``act * grad`` ([units]); ``units`` defaults to the last dim."""
     if units is None and isinstance(act, torch.Tensor) and act.dim() >= 1:
         units = act.shape[-1]
     check(act, grad, units)
-    name = _backend.resolve(backend, act.device)
-    if name == "triton":  # no Triton kernel for this family: the reduction is memory-trivial
-        name = "reference"
-    if name == "reference":
+    if resolve(backend, act.device) == "reference":
         return _reference(act, grad, units)
     return torch.ops.kdfast.unit_taylor(act, grad, units)

@@ -5,7 +5,9 @@
 list ``weights`` (``nn.LSTM._flat_weights`` order: per layer, per direction
 ``w_ih, w_hh[, b_ih, b_hh]``). With ``lengths`` ([B] ints) the input runs as a
 PackedSequence: outputs at padded positions are zero, the reverse direction starts at each
-row's own last token and h_n/c_n are each row's state at its own end.
+row's own last token and h_n/c_n are each row's state at its own end; nothing at a padded
+position reaches a result or a gradient. Unbatched ``x`` [T, I] (``hx`` [2 * num_layers, H])
+runs as one row, as in nn.LSTM.
 """
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 def bilstm(x, weights, lengths=None, hx=None, num_layers=1, bias=True, batch_first=True,
            dropout=0.0, training=False):
     weights = list(weights)
+    if x.dim() == 2:  # unbatched [T, I] (hx [2 * num_layers, H]): one row, as nn.LSTM
+        hx = None if hx is None else tuple(s.unsqueeze(1) for s in hx)
+        out, (h, c) = bilstm(x.unsqueeze(0), weights, None, hx, num_layers, bias, True,
+                             dropout, training)
+        return out.squeeze(0), (h.squeeze(1), c.squeeze(1))
     hidden = weights[1].shape[1]
     batch = x.shape[0] if batch_first else x.shape[1]
     if hx is None:
