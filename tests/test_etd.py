@@ -439,37 +439,6 @@ def test_importance_of_another_model_is_rejected():
                     importance=other)
 
 
-# ---------------------------------------------------------------- command line
-
-def test_cli_extract(tmp_path, capsys):
-    from transformers import BertTokenizer
-
-    from kdfast.cli import main
-
-    words = [f"w{i}" for i in range(80)]
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    torch.manual_seed(0)
-    teacher_dir = tmp_path / "teacher"
-    BertModel(tiny_config(vocab_size=85)).save_pretrained(teacher_dir)
-    BertTokenizer(str(vocab)).save_pretrained(teacher_dir)
-    data = tmp_path / "data.txt"
-    data.write_text("\n".join(" ".join(words[i:i + 5 + i % 4]) for i in range(0, 60, 3)) + "\n")
-    out = tmp_path / "student"
-    common = ["--teacher", str(teacher_dir), "--num-layers", "2", "--num-heads", "2",
-              "--intermediate-size", "16", "--device", "cpu", "--no-progress"]
-    assert main(["extract", *common, "--hidden-size", "12", "--task", str(data),
-                 "--batch-size", "8", "--out", str(out)]) == 0
-    student = BertModel.from_pretrained(out)
-    assert student.config.hidden_size == 12 and student.config.num_hidden_layers == 2
-    imp = etd.Importance.load(out / "importance.pt")
-    assert imp.num_sentences == 20 and imp.heads.shape == (3, 4)
-    capsys.readouterr()
-    assert main(["extract", *common, "--hidden-size", "13", "--strategy", "rand",
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "not a multiple" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- real teacher and sentences
 
 @pytest.mark.real

@@ -1,6 +1,5 @@
 """The recipes (teacher fine-tuning, Tang, SRA) end to end on a tiny random BERT and
 synthetic data, the teacher/student wiring, and the command line."""
-import argparse
 import json
 
 import pytest
@@ -8,7 +7,6 @@ import torch
 
 import _tiny
 from kdfast.distill import finetune, load_student, recipes, sra, tang
-from kdfast.distill.cli import add_parsers
 from kdfast.models import load_teacher
 from kdfast.nn.students import BiLSTMClassifier, SiameseBiLSTMClassifier
 
@@ -131,62 +129,6 @@ def test_recipe_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="embeddings='random'"):
         tang(teacher, task, tmp_path / "f", tokenizer=tok, embeddings="random",
              embedding_mode="static", **FAST)
-
-
-# ----------------------------------------------------------------------------- command line
-def _cli(argv):
-    p = argparse.ArgumentParser(prog="kdfast")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-def test_cli_help(capsys):
-    for argv in (["finetune", "--help"], ["distill", "--help"]):
-        with pytest.raises(SystemExit) as e:
-            _cli(argv)
-        assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert "--overwrite" in out and "--config" in out and "{tang,sra}" in out
-
-
-def test_cli_finetune_then_distill_with_config_and_overwrite_guard(tmp_path, capsys):
-    tok = _tiny.tokenizer(tmp_path)
-    raw = _tiny.teacher(tok)
-    raw.encoder.save_pretrained(str(tmp_path / "bert"))
-    tok.save_pretrained(str(tmp_path / "bert"))
-    texts, labels = _tiny.sentences(60)
-    data = tmp_path / "data.csv"
-    data.write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in zip(texts, labels)) + "\n")
-    ft = ["finetune", "--teacher", str(tmp_path / "bert"), "--task", f"csv:{data}",
-          "--out", str(tmp_path / "ft"), "--epochs", "1", "--no-progress"]
-    assert _cli(ft) == 0
-    cfg = tmp_path / "tang.yaml"
-    cfg.write_text(f"task: csv:{data}\nteacher: {tmp_path / 'ft' / 'teacher'}\nn-iter: 1\n"
-                   "hidden_size: 8\nfc_size: 8\nepochs: 5\noptimizer: adam\nlr: 0.01\n")
-    out = tmp_path / "kd"
-    assert _cli(["distill", "tang", "--config", str(cfg), "--out", str(out), "--epochs", "1",
-                 "--no-progress"]) == 0
-    res = json.loads((out / "results.json").read_text())
-    assert res["config"]["epochs"] == 1.0 and res["config"]["optimizer"] == "adam"  # CLI > file
-    assert load_student(out / "student").config["hidden_size"] == 8
-    with pytest.raises(FileExistsError, match="overwrite"):
-        _cli(["distill", "tang", "--config", str(cfg), "--out", str(out), "--no-progress"])
-    assert _cli(["distill", "tang", "--config", str(cfg), "--out", str(out), "--max-steps", "2",
-                 "--overwrite", "--no-progress"]) == 0
-    assert json.loads((out / "results.json").read_text())["steps"] == 2
-    assert _cli(["distill", "sra", "--config", str(cfg), "--out", str(tmp_path / "sra"),
-                 "--stage1-epochs", "1", "--epochs", "1", "--stage1-loss", "cosine",
-                 "--no-progress"]) == 0
-    assert load_student(tmp_path / "sra" / "stage2" / "student").config["pooling"] == "max"
-    with pytest.raises(SystemExit):  # an unknown recipe
-        _cli(["distill", "tinybert", "--config", str(cfg), "--out", str(out)])
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"task": f"csv:{data}", "learning_rate": 1}))
-    with pytest.raises(SystemExit, match="unknown option"):
-        _cli(["distill", "tang", "--config", str(bad), "--out", str(tmp_path / "z")])
-    with pytest.raises(ValueError, match="unknown task"):
-        _cli(["finetune", "--task", "nope", "--out", str(tmp_path / "y")])
 
 
 @pytest.mark.real
