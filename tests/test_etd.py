@@ -434,7 +434,7 @@ def test_bad_configs_raise(kw, match):
 def test_importance_of_another_model_is_rejected():
     teacher = BertModel(tiny_config())
     _, other = _scores(cfg=tiny_config(num_hidden_layers=2))
-    with pytest.raises(ValueError, match="importance.heads must have shape"):
+    with pytest.raises(ValueError, match="importance.heads must be a tensor of shape"):
         etd.extract(teacher, num_layers=2, hidden_size=12, num_heads=2, intermediate_size=20,
                     importance=other)
 

@@ -11,7 +11,9 @@
 * heads per layer, and FFN neurons per layer;
 
 by importance (``strategy="impt"``: the top scores of an :class:`~kdfast.etd.Importance`,
-kept in the teacher's order) or uniformly at random (``strategy="rand"``, seeded by ``seed``).
+kept in the teacher's order) or uniformly at random (``strategy="rand"``, seeded by ``seed``;
+``seed=None`` draws a fresh seed, recorded in ``student.config.etd["seed"]``). A NaN or inf
+importance score (a diverged scoring run) raises ValueError rather than being ranked.
 
 Head size. A HuggingFace BertModel has head_dim = hidden_size / num_heads, so the config
 implies one of two rules (anything else raises ValueError):
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import re
 
 import torch
@@ -56,14 +59,22 @@ def _layers(selection, n_teacher: int, m: int) -> list[int]:
         return list(range(m))
     if selection == "last":
         return list(range(n_teacher - m, n_teacher))
-    if isinstance(selection, str):
-        raise ValueError("layer_selection must be 'uniform', 'first', 'last' or a list of "
-                         f"teacher layer indices, got {selection!r}")
-    layers = [int(i) for i in selection]
+    what = (f"layer_selection must be 'uniform', 'first', 'last' or a list of {m} distinct, "
+            f"increasing int teacher layer indices in [0, {n_teacher})")
+    if isinstance(selection, (str, bytes)) or not hasattr(selection, "__iter__"):
+        raise ValueError(f"{what}, got {selection!r}")
+    layers = []
+    for i in selection:  # ints only: 1.7 is not silently truncated to layer 1
+        if isinstance(i, (bool, float)) or (isinstance(i, torch.Tensor) and
+                                            (i.dim() or i.dtype.is_floating_point)):
+            raise ValueError(f"{what}, got {list(selection)!r}")
+        try:
+            layers.append(operator.index(i))
+        except TypeError:
+            raise ValueError(f"{what}, got {list(selection)!r}") from None
     if len(layers) != m or any(not 0 <= i < n_teacher for i in layers) or \
             any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"layer_selection must be {m} increasing teacher layer indices in "
-                         f"[0, {n_teacher}), got {layers}")
+        raise ValueError(f"{what}, got {layers}")
     return layers
 
 
@@ -80,12 +91,18 @@ def select_units(config, *, num_layers: int, hidden_size: int, num_heads: int,
                  intermediate_size: int, strategy: str = "impt", importance=None, seed: int = 0,
                  layer_selection="uniform") -> dict:
     """The teacher units a student keeps (0-based indices); raises ValueError for configs
-    that cannot be extracted. Keys: layers, hidden, heads, head_dims, attn, ffn."""
+    that cannot be extracted. Keys: layers, hidden, heads, head_dims, attn, ffn, query_scale,
+    seed (the one used: ``seed=None`` draws one)."""
     for name, v in (("num_layers", num_layers), ("hidden_size", hidden_size),
                     ("num_heads", num_heads), ("intermediate_size", intermediate_size)):
         _positive(name, v)
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    seed = _seed(seed)
+    fields = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+    if any(not isinstance(getattr(config, f, None), int) for f in fields):
+        raise TypeError(f"config must be the teacher's BertConfig (with {', '.join(fields)}), "
+                        f"got {type(config).__name__}")
     n_t, h_t, a_t, f_t = (config.num_hidden_layers, config.hidden_size,
                           config.num_attention_heads, config.intermediate_size)
     d_t = h_t // a_t
@@ -108,7 +125,7 @@ def select_units(config, *, num_layers: int, hidden_size: int, num_heads: int,
             f"dims per head (hidden_size / num_heads < {d_t}), or use more heads")
     if strategy == "impt":
         _check_importance(importance, n_t, a_t, d_t, f_t, h_t, need_attn=d_s < d_t)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     layers = _layers(layer_selection, n_t, num_layers)
     hidden = _top(importance.hidden, hidden_size) if strategy == "impt" else \
         _rand(h_t, hidden_size, gen)
@@ -130,7 +147,19 @@ def select_units(config, *, num_layers: int, hidden_size: int, num_heads: int,
         ffn.append(_top(importance.ffn[t], intermediate_size) if strategy == "impt" else
                    _rand(f_t, intermediate_size, gen))
     return {"layers": layers, "hidden": hidden, "heads": heads, "head_dims": head_dims,
-            "attn": attn, "ffn": ffn, "query_scale": math.sqrt(d_s / d_t)}
+            "attn": attn, "ffn": ffn, "query_scale": math.sqrt(d_s / d_t), "seed": seed}
+
+
+def _seed(seed) -> int:
+    """An int seed; None draws a fresh one (recorded in the selection and the student config)."""
+    if seed is None:
+        return int(torch.Generator().seed() % 2**31)
+    if isinstance(seed, bool):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    try:
+        return operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed must be an int or None, got {seed!r}") from None
 
 
 def _check_importance(imp, n, a, d, f, h, need_attn):
@@ -138,13 +167,29 @@ def _check_importance(imp, n, a, d, f, h, need_attn):
         raise ValueError("strategy='impt' needs importance= (from kdfast.etd.importance)")
     for name, shape in (("heads", (n, a)), ("ffn", (n, f)), ("hidden", (h,))):
         value = getattr(imp, name, None)
-        if value is None or tuple(value.shape) != shape:
-            got = None if value is None else tuple(value.shape)
-            raise ValueError(f"importance.{name} must have shape {shape} for this teacher, "
-                             f"got {got}")
-    if need_attn and (getattr(imp, "attn", None) is None or tuple(imp.attn.shape) != (n, a * d)):
-        raise ValueError("keeping fewer dims per head needs importance.attn of shape "
-                         f"{(n, a * d)} (scored with heads=True)")
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"importance.{name} must be a tensor of shape {shape} for this "
+                             f"teacher, got {got}")
+        _finite(name, value)
+    if need_attn:
+        value = getattr(imp, "attn", None)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (n, a * d):
+            raise ValueError("keeping fewer dims per head needs importance.attn of shape "
+                             f"{(n, a * d)} (scored with heads=True)")
+        _finite("attn", value)
+
+
+def _finite(name, value):
+    """A NaN or inf score means the scoring run diverged: never rank it (raise)."""
+    if value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"importance.{name} must hold real scores, got dtype {value.dtype}")
+    bad = ~torch.isfinite(value) if value.dtype.is_floating_point else None
+    if bad is not None and bool(bad.any()):
+        where = [tuple(i) if len(i) > 1 else i[0] for i in bad.nonzero().tolist()]
+        raise ValueError(f"importance.{name} has {len(where)} non-finite score(s) (NaN/inf) at "
+                         f"{where[:5]}{' ...' if len(where) > 5 else ''}: the scoring run "
+                         "diverged (check the teacher and the batches); rescore before extracting")
 
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -164,7 +209,7 @@ def extract(teacher, *, num_layers: int, hidden_size: int, num_heads: int,
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers, cfg.hidden_size = num_layers, hidden_size
     cfg.num_attention_heads, cfg.intermediate_size = num_heads, intermediate_size
-    cfg.etd = {"strategy": strategy, "seed": int(seed), "teacher_layers": sel["layers"],
+    cfg.etd = {"strategy": strategy, "seed": sel["seed"], "teacher_layers": sel["layers"],
                "hidden": sel["hidden"].tolist(), "heads": [x.tolist() for x in sel["heads"]],
                "ffn_sizes_from": base_t.config.intermediate_size}
     if base_t is teacher:
