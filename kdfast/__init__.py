@@ -34,4 +34,7 @@ def info() -> dict:
     }
 
 
-from kdfast import losses  # noqa: E402,F401  (public API; imported last: it needs _ext)
+# Every op family (fake + autograd formulas for every torch.ops.kdfast op), then the public
+# losses API; imported last: they need _ext.
+from kdfast import ops  # noqa: E402,F401
+from kdfast import losses  # noqa: E402,F401

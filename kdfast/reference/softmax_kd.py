@@ -5,18 +5,30 @@ Row i of ``student``/``teacher`` ([N, V]) gives
 
 * kind 0 (KL):      soft = KL(softmax(t/T) || softmax(s/T))
 * kind 1 (soft CE): soft = -sum(softmax(t/T) * log_softmax(s/T))
-* kind 2 (MSE):     soft = sum((s - t)^2), equal entries (also both -inf) counting 0
+* kind 2 (MSE):     soft = sum((s - t)^2), equal entries (also both +-inf) counting 0
 * hard = -log_softmax(s)[label]   (temperature 1; only where hard_weight is given)
 
-Entries whose teacher probability is 0 contribute 0 (so -inf in both is finite), and a row
-whose student or teacher logits are all -inf counts as masked: loss 0, gradient 0.
+Edges (every backend gives exactly these, see kdfast.reference._softmax for the softmax):
+
+* a term whose weight is 0 is skipped (so a masked row, or the soft term at alpha = 1, never
+  turns into NaN through ``0 * inf``); a row with both weights 0 is masked: loss 0, gradient
+  0, whatever its values (NaN included);
+* entries whose teacher probability is 0 contribute 0, so ``-inf`` in both is finite; a
+  class the teacher allows but the student rules out (``-inf`` only there) gives ``+inf``;
+* a row whose student logits are all ``-inf``, or (for the softmax kinds, when the soft term
+  counts) whose teacher logits are all ``-inf``, counts as masked: loss 0, gradient 0;
+* ``+inf`` logits: the softmax puts its mass uniformly on them (its limit); a student row
+  holding ``+inf`` has zero gradient through its softmax;
+* NaN anywhere in a counted row gives NaN loss (and NaN gradient wherever it reaches).
+
 Computed in float32 (float64 for float64 inputs), differentiable w.r.t. both inputs.
 """
 from __future__ import annotations
 
 import torch
 
-KL, SOFT_CE, MSE = 0, 1, 2
+from kdfast.reference._softmax import log_softmax_t
+from kdfast.reference.kinds import KD_KL as KL, KD_MSE as MSE, KD_SOFT_CE as SOFT_CE  # noqa: F401
 
 
 def kd_loss_rows(student, teacher, labels, soft_weight, hard_weight, kind: int,
@@ -24,33 +36,31 @@ def kd_loss_rows(student, teacher, labels, soft_weight, hard_weight, kind: int,
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     s, t = student.to(acc), teacher.to(acc)
     ws = soft_weight.to(acc)
-    neg_inf = torch.tensor(float("-inf"), dtype=acc, device=s.device)
+    wh = hard_weight.to(acc) if hard_weight is not None else torch.zeros_like(ws)
+    use_soft, use_hard = ws != 0, wh != 0
+    neg_inf = float("-inf")
     s_dead = (s == neg_inf).all(dim=-1)
-    t_dead = (t == neg_inf).all(dim=-1)
-    # Masked rows are replaced by zeros so that no NaN can leak into the gradient.
-    dead = s_dead | (t_dead if kind != MSE else torch.zeros_like(t_dead))
-    alive = (~dead).unsqueeze(-1)
-    s = torch.where(alive, s, torch.zeros_like(s))
-    t = torch.where(alive, t, torch.zeros_like(t))
-
+    t_dead = (t == neg_inf).all(dim=-1) & use_soft if kind != MSE else torch.zeros_like(s_dead)
+    dead = s_dead | t_dead | ~(use_soft | use_hard)
+    # Masked rows (and the teacher of rows without a soft term) are replaced by zeros, so that
+    # no NaN or inf there can leak into the loss or the gradient.
+    s = torch.where(dead.unsqueeze(-1), torch.zeros_like(s), s)
+    t = torch.where((dead | ~use_soft).unsqueeze(-1), torch.zeros_like(t), t)
     if kind == MSE:
         diff = torch.where(s == t, torch.zeros_like(s), s - t)
         soft = (diff * diff).sum(-1)
     else:
-        log_q = torch.log_softmax(s / temperature, dim=-1)
-        log_p = torch.log_softmax(t / temperature, dim=-1)
+        log_q = log_softmax_t(s, temperature)
+        log_p = log_softmax_t(t, temperature)
         p = log_p.exp()
-        if kind == KL:
-            # where p == 0 the term is 0; the inner where keeps its gradient finite too
-            inner = torch.where(p > 0, log_p - log_q, torch.zeros_like(p))
-        else:
-            inner = torch.where(p > 0, -log_q, torch.zeros_like(p))
+        # where p == 0 the term is 0; the where keeps its gradient finite too (NaN p stays NaN)
+        zero = torch.zeros_like(p)
+        inner = torch.where(p == 0, zero, log_p - log_q if kind == KL else -log_q)
         soft = (p * inner).sum(-1)
-    loss = ws * soft
+    zero_row = torch.zeros_like(ws)
+    loss = torch.where(use_soft, ws * soft, zero_row)
     if hard_weight is not None:
-        log_q1 = torch.log_softmax(s, dim=-1)
+        log_q1 = log_softmax_t(s, 1.0)
         hard = -log_q1.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-        loss = loss + hard_weight.to(acc) * hard
-    zero = torch.zeros_like(loss)
-    weights = ws if hard_weight is None else ws.abs() + hard_weight.to(acc).abs()
-    return torch.where(dead | (weights == 0), zero, loss)
+        loss = loss + torch.where(use_hard, wh * hard, zero_row)
+    return torch.where(dead, zero_row, loss)
