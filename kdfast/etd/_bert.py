@@ -76,10 +76,10 @@ def check_batch(batch, config) -> None:
     ids = _int_tensor("input_ids", batch["input_ids"])
     if ids.dtype == torch.bool:
         raise TypeError("batch['input_ids'] must have an integer dtype, got torch.bool")
-    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-        raise ValueError("batch['input_ids'] must have shape [B, L] with B >= 1 and L >= 1, "
-                         f"got {tuple(ids.shape)}")
-    B, L = ids.shape
+    if ids.dim() < 2 or ids.numel() == 0:
+        raise ValueError("batch['input_ids'] must have shape [B, L] (or [B, C, L] for multiple "
+                         f"choice) with every size >= 1, got {tuple(ids.shape)}")
+    L = ids.shape[-1]
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos is not None and L > max_pos:
         raise ValueError(f"batch['input_ids'] has L={L} tokens per row, more than the model's "
@@ -92,10 +92,10 @@ def check_batch(batch, config) -> None:
         if v is None:
             continue
         _int_tensor(key, v, floats=key == "attention_mask")
-        ok = tuple(v.shape) == (B, L) or (key == "position_ids" and tuple(v.shape) == (1, L))
+        ok = v.shape == ids.shape or (key == "position_ids" and tuple(v.shape) == (1, L))
         if not ok:
-            raise ValueError(f"batch[{key!r}] must have the shape of input_ids {(B, L)}, "
-                             f"got {tuple(v.shape)}")
+            raise ValueError(f"batch[{key!r}] must have the shape of input_ids "
+                             f"{tuple(ids.shape)}, got {tuple(v.shape)}")
         if v.device != ids.device:
             raise ValueError(f"batch[{key!r}] is on {v.device} but input_ids is on {ids.device}")
         if limit is not None:
@@ -130,6 +130,49 @@ def row_lengths(batch) -> list[int] | None:
         return None
     pos = torch.arange(1, attn.shape[1] + 1, device=attn.device)
     return (attn.ne(0) * pos).amax(1).clamp_min(1).tolist()
+
+
+def check_labels(model, batch) -> None:
+    """The labels of a batch scored with the model's own task loss: tensors with one row per
+    input row; integer class labels in range (an out-of-range target is an IndexError on the
+    CPU and a device assert on CUDA). -100 (ignored) is allowed where the loss ignores it."""
+    from transformers import (BertForMaskedLM, BertForMultipleChoice, BertForNextSentencePrediction,
+                              BertForPreTraining, BertForSequenceClassification,
+                              BertForTokenClassification, BertLMHeadModel)
+
+    ids = batch["input_ids"]
+    for key in LABEL_KEYS:
+        v = batch[key] if key in batch else None
+        if v is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"batch[{key!r}] must be a torch.Tensor, got {type(v).__name__}")
+        if v.dim() == 0 or v.shape[0] != ids.shape[0]:
+            raise ValueError(f"batch[{key!r}] must have one row per input row "
+                             f"(B={ids.shape[0]}), got shape {tuple(v.shape)}")
+        if v.device != ids.device:
+            raise ValueError(f"batch[{key!r}] is on {v.device} but input_ids is on {ids.device}")
+    cfg = model.config
+    limits = {}
+    if isinstance(model, (BertForMaskedLM, BertForPreTraining, BertLMHeadModel)):
+        limits["labels"] = ("vocab_size", cfg.vocab_size)
+    elif isinstance(model, BertForMultipleChoice) and ids.dim() == 3:
+        limits["labels"] = ("the number of choices", ids.shape[1])
+    elif isinstance(model, (BertForSequenceClassification, BertForTokenClassification)) and \
+            cfg.num_labels > 1 and cfg.problem_type in (None, "single_label_classification"):
+        limits["labels"] = ("num_labels", cfg.num_labels)
+    if isinstance(model, (BertForPreTraining, BertForNextSentencePrediction)):
+        limits["next_sentence_label"] = ("2 (is next / is not)", 2)
+        if isinstance(model, BertForNextSentencePrediction):
+            limits["labels"] = limits["next_sentence_label"]
+    for key, (what, limit) in limits.items():
+        v = batch[key] if key in batch else None
+        if v is None or v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool:
+            continue
+        bad = ((v < 0) & (v != -100)) | (v >= limit)
+        if bool(bad.any()):
+            raise ValueError(f"batch[{key!r}] must lie in [0, {what}={limit}) (or be -100, "
+                             f"ignored), got {v[bad].unique()[:5].tolist()}")
 
 
 def select_rows(inputs: dict, rows, length: int | None = None) -> dict:

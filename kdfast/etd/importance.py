@@ -395,6 +395,8 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
                 rec.batch = {}
                 activate = lambda: setattr(rec, "active", True)  # noqa: E731
                 loss_fn_b = choose(batch)
+                if loss_fn_b is None:  # the model's own task loss reads the labels
+                    _bert.check_labels(model, batch)
                 loss = (_grouped_loss(model, batch, loss_fn_b, activate, unpad_overhead_tokens)
                         if unpad else None)
                 if loss is None:

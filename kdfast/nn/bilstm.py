@@ -36,14 +36,30 @@ class BiLSTM(nn.LSTM):
         out.load_state_dict(lstm.state_dict())
         return out
 
-    def forward(self, x, lengths=None, hx=None):
-        """``(output, (h_n, c_n))``. Call it as ``m(x, lengths)``, ``m(x, lengths=..., hx=...)``
-        or nn.LSTM-style ``m(x, (h_0, c_0))`` (a tuple of two tensors in the second position
-        is the initial state, never lengths)."""
-        if _is_state(lengths):  # nn.LSTM's forward(input, hx)
+    def forward(self, x, *args, lengths=None, hx=None):
+        """``(output, (h_n, c_n))``. Call it as ``m(x, lengths)``, ``m(x, lengths, hx)``,
+        ``m(x, lengths=..., hx=...)`` or nn.LSTM-style ``m(x, (h_0, c_0))`` (optionally with
+        ``lengths=``): a pair of tensors in the second position is the initial state, never
+        lengths (lengths are 1-D, h_0 and c_0 at least 2-D)."""
+        if len(args) > 2:
+            raise TypeError(f"BiLSTM.forward takes x, lengths and hx, got {1 + len(args)} "
+                            "positional arguments")
+        args = list(args)
+        if args and _is_state(args[0]):  # nn.LSTM's forward(input, hx)
+            if len(args) > 1:
+                raise TypeError("BiLSTM.forward(x, (h_0, c_0), ...): pass lengths as lengths=")
             if hx is not None:
                 raise TypeError("hx given twice: as the second positional argument and as hx=")
-            lengths, hx = None, lengths
+            hx = args.pop(0)
+        else:
+            if args:
+                if lengths is not None:
+                    raise TypeError("lengths given twice: positionally and as lengths=")
+                lengths = args.pop(0)
+            if args:
+                if hx is not None:
+                    raise TypeError("hx given twice: positionally and as hx=")
+                hx = args.pop(0)
         if isinstance(x, PackedSequence):  # nn.LSTM's own packed path, for drop-in use
             if lengths is not None:
                 raise ValueError("lengths cannot be combined with a PackedSequence input")
@@ -55,5 +71,5 @@ class BiLSTM(nn.LSTM):
 
 def _is_state(value) -> bool:
     """A (h_0, c_0) pair: two tensors of at least 2 dims (lengths are 1-D)."""
-    return (isinstance(value, tuple) and len(value) == 2
+    return (isinstance(value, (tuple, list)) and len(value) == 2
             and all(isinstance(v, torch.Tensor) and v.dim() >= 2 for v in value))
