@@ -31,28 +31,76 @@ from pathlib import Path
 
 import torch
 
-OPTIONS = {  # name: (default, type, help)
-    "out": ("runs/demo", str, "work directory (cached intermediate results)"),
-    "threads": (None, int, "torch CPU threads (default: torch's choice)"),
-    "teacher_layers": (6, int, "fine-tune the top N teacher layers + head (6 = all)"),
-    "teacher_epochs": (2.0, float, "teacher fine-tuning epochs"),
-    "teacher_lr": (5e-5, float, "teacher fine-tuning learning rate"),
-    "n_iter": (2, int, "augmented samples per training sentence (paper: 20)"),
-    "student_epochs": (3.0, float, "max epochs of the distilled student (early stopping on dev)"),
-    "hard_epochs": (8.0, float, "max epochs of the hard-label student (early stopping on dev)"),
-    "student_optimizer": ("adam", str, "students' optimiser: adam (lr 1e-3) | adadelta (Tang et "
-                                       "al., lr 1.0: under-trained in this CPU budget)"),
-    "student_lr": (None, float, "students' learning rate (default: by optimiser)"),
-    "embedding_mode": ("static", str, "student word vectors: static (frozen teacher embeddings: "
-                                      "fast on a CPU) | non-static | multichannel"),
+def _positive(typ):
+    """An argparse type: a number of type ``typ`` that is > 0."""
+    def parse(text):
+        try:
+            v = typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {typ.__name__}, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    parse.__name__ = f"positive {typ.__name__}"
+    return parse
+
+
+def _int_range(lo, hi):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must lie in [{lo}, {hi}], got {v}")
+        return v
+    parse.__name__ = f"int in [{lo}, {hi}]"
+    return parse
+
+
+STUDENT_OPTIMIZERS = ("adam", "adadelta")
+EMBEDDING_MODES = ("static", "non-static", "multichannel")
+OPTIONS = {  # name: (default, type or choices, help)
+    "out": ("runs/demo", str, "work directory (cached intermediate results; kdfast's own: "
+                              "an existing directory that kdfast did not write is refused)"),
+    "threads": (None, _positive(int), "torch CPU threads (default: torch's choice)"),
+    "teacher_layers": (6, _int_range(0, 6), "fine-tune the top N teacher layers + head (6 = all)"),
+    "teacher_epochs": (2.0, _positive(float), "teacher fine-tuning epochs"),
+    "teacher_lr": (5e-5, _positive(float), "teacher fine-tuning learning rate"),
+    "n_iter": (2, _positive(int), "augmented samples per training sentence (paper: 20)"),
+    "student_epochs": (3.0, _positive(float), "max epochs of the distilled student (early "
+                                              "stopping on dev)"),
+    "hard_epochs": (8.0, _positive(float), "max epochs of the hard-label student (early stopping "
+                                           "on dev)"),
+    "student_optimizer": ("adam", STUDENT_OPTIMIZERS, "students' optimiser: adam (lr 1e-3) | "
+                          "adadelta (Tang et al., lr 1.0: under-trained in this CPU budget)"),
+    "student_lr": (None, _positive(float), "students' learning rate (default: by optimiser)"),
+    "embedding_mode": ("static", EMBEDDING_MODES, "student word vectors: static (frozen teacher "
+                                                  "embeddings: fast on a CPU) | non-static | "
+                                                  "multichannel"),
     "bf16": (True, bool, "bfloat16 autocast for the teacher's fine-tuning and labelling"),
     "sra": (False, bool, "also run SRA (pre-trained vs default-init BiLSTM)"),
     "etd": (True, bool, "also distil an ETD-Impt 3-layer BERT student TinyBERT-style"),
-    "etd_steps": (100, int, "ETD student: steps of intermediate-layer distillation"),
-    "sra_epochs": (3.0, float, "SRA stage 1 epochs"),
-    "fresh": (False, bool, "recompute everything (ignore the cache in --out)"),
+    "etd_steps": (100, _positive(int), "ETD student: steps of intermediate-layer distillation"),
+    "sra_epochs": (3.0, _positive(float), "SRA stage 1 epochs"),
+    "fresh": (False, bool, "recompute everything (clears --out, which must be kdfast's)"),
     "quick": (False, bool, "a small smoke run (1,500 training sentences): numbers not meaningful"),
 }
+
+
+def _work_dir(out: Path, fresh: bool) -> Path:
+    """``--out``: kdfast's own work directory (its cache is reused unless ``fresh``); an
+    existing non-empty directory that kdfast did not write is refused and left alone."""
+    from kdfast.distill import outputs
+
+    if fresh:
+        return outputs.prepare_output_dir(out, overwrite=True)
+    outputs.check_output_dir(out, overwrite=True)  # refuses a non-kdfast directory
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / outputs.MARKER).exists():
+        outputs.atomic_write_text(out / outputs.MARKER, "written by kdfast demo; --fresh may "
+                                                        "clear this directory\n")
+    return out
 
 
 def _opt(args, name):
@@ -98,12 +146,13 @@ def _cached(out_dir, fresh, run, student_dir="student"):
 def run_demo(args) -> int:
     from kdfast.data.tasks import load_task
     from kdfast.data.tokenize import encode, load_tokenizer
-    from kdfast.distill.recipes import finetune, sra, tang
+    from kdfast.distill import etd, finetune, sra, tang
+    from kdfast.distill.outputs import atomic_write_json, atomic_write_text
     from kdfast.models.teachers import load_teacher, resolve_teacher_path
 
     t_start = time.perf_counter()
-    out = Path(_opt(args, "out"))
     fresh, quick, bf16 = _opt(args, "fresh"), _opt(args, "quick"), _opt(args, "bf16")
+    out = _work_dir(Path(_opt(args, "out")), fresh)
     if _opt(args, "threads"):
         torch.set_num_threads(_opt(args, "threads"))
     print(f"kdfast demo: CPU, {torch.get_num_threads()} threads; work directory {out}")
@@ -175,8 +224,6 @@ def run_demo(args) -> int:
                  ("BiLSTM max-pool, default init, hard labels", m_rand, r_rand["test"]["accuracy"])]
 
     if _opt(args, "etd"):
-        from kdfast.distill.etd_recipe import etd
-
         t0 = time.perf_counter()
         print("[ETD] ETD-Impt student (3 layers, hidden 192, 12 heads, FFN 768) extracted from "
               "the fine-tuned teacher, TinyBERT task distillation (intermediate, then prediction)")
@@ -222,22 +269,25 @@ def run_demo(args) -> int:
               "threads": torch.get_num_threads(), "total_s": total, "times_s": times,
               "transfer_set": ts, "options": {k: _opt(args, k) for k in OPTIONS},
               "train_sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
-    (out / "demo_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "demo_results.json", result)
     curves = {"distilled": r_kd, "hard labels": r_hard}
     if _opt(args, "sra"):
         curves.update({"SRA stage 2": r_sra["stage2"], "max-pool default init": r_rand})
     _plot(out / "demo.png", curves, t_acc)
-    (out / "demo.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "demo.md", "\n".join(lines) + "\n")
     return 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The demo's options (for ``kdfast demo``'s parser); all default to None = OPTIONS."""
+    """The demo's options (for ``kdfast demo``'s parser); all default to None = OPTIONS.
+    Every value is checked here, by argparse, before any work."""
     for name, (default, typ, help_) in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if typ is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_} [default: {default}]")
+        elif isinstance(typ, tuple):
+            p.add_argument(flag, choices=typ, default=None, help=f"{help_} [default: {default}]")
         else:
             p.add_argument(flag, type=typ, default=None, help=f"{help_} [default: {default}]")
 

@@ -448,7 +448,9 @@ def test_real_minilm_impt_student_is_closest_to_teacher():
     embedding restricted to those dims; the random-init student uses the ETD-Impt dims)."""
     import torch.nn.functional as F
 
-    from kdfast.etd.cli import load_sentences, load_teacher, make_batches as batches_of
+    from kdfast.data.tasks import load_sentences
+    from kdfast.data.tokenize import make_batches as batches_of
+    from kdfast.models.teachers import load_bert as load_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core CI box runs this 3-4x faster on one thread

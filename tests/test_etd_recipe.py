@@ -4,8 +4,10 @@ import _tiny
 import pytest
 import torch
 
-from kdfast.distill.etd_recipe import etd, extract_student, init_projection
-from kdfast.distill.tinybert import TeacherTaps, TinyBERTLoss, TransformerStudent
+from kdfast.distill import etd
+from kdfast.distill.etd import extract_student, init_projection
+from kdfast.distill.objectives import TinyBERTLoss
+from kdfast.models import TeacherTaps, TransformerStudent
 
 SIZES = dict(num_layers=2, hidden_size=8, num_heads=2, intermediate_size=16)
 FAST = dict(batch_size=8, lr=2e-3, progress=False, log_every=1, importance_batches=2,
@@ -72,7 +74,7 @@ def test_extracted_student_starts_closer_than_random_init(tmp_path):
     ex = encode(tok, texts, None, labels, max_len=32, student=False)
     batch = collate(ex)
     with torch.no_grad():
-        t_out = TeacherTaps(teacher).forward_batch(batch)
+        t_out = TeacherTaps(teacher).taps(batch)
     losses = {}
     for strategy in ("impt", "rand", "none"):
         model, imp = extract_student(teacher, ex, strategy=strategy, batch_size=8, **SIZES)

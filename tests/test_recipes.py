@@ -1,16 +1,18 @@
 """The recipes (teacher fine-tuning, Tang, SRA) end to end on a tiny random BERT and
 synthetic data, the teacher/student wiring, and the command line."""
+import importlib
 import json
 
 import pytest
 import torch
 
 import _tiny
-from kdfast.distill import finetune, load_student, recipes, sra, tang
+from kdfast.data.tokenize import collate, encode
+from kdfast.distill import finetune, load_student, sra, tang
 from kdfast.models import load_teacher
 from kdfast.nn.students import BiLSTMClassifier, SiameseBiLSTMClassifier
 
-FAST = dict(hidden_size=8, fc_size=8, progress=False, optimizer="adam", lr=5e-3, log_every=1)
+FAST = dict(lstm_hidden_size=8, fc_size=8, progress=False, optimizer="adam", lr=5e-3, log_every=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -39,7 +41,7 @@ def test_finetune_learns_and_saves_a_loadable_teacher(tiny):
     assert last < first and res["test"]["accuracy"] > 0.7
     again = load_teacher(str(d / "ft" / "teacher"))
     assert again.has_trained_head and again.num_labels == 2 and again.pooling == "mean"
-    b = {k: v for k, v in recipes.collate(recipes.encode(tok, task.test.texts[:4])).items()}
+    b = {k: v for k, v in collate(encode(tok, task.test.texts[:4])).items()}
     teacher.eval()
     torch.testing.assert_close(again.eval().forward_batch(b), teacher.forward_batch(b))
     with pytest.raises(ValueError, match="labels"):
@@ -48,7 +50,9 @@ def test_finetune_learns_and_saves_a_loadable_teacher(tiny):
 
 def test_tang_distils_on_the_cached_augmented_transfer_set(tiny, tmp_path, monkeypatch):
     tok, task, teacher, _, _ = tiny
-    student, res = tang(teacher, task, tmp_path / "kd", tokenizer=tok, n_iter=3, epochs=3, **FAST)
+    cache = tmp_path / "cache" / "transfer.pt"
+    student, res = tang(teacher, task, tmp_path / "kd", tokenizer=tok, n_iter=3, epochs=3,
+                        transfer_cache=cache, **FAST)
     ts = res["transfer_set"]
     assert ts["originals"] == len(task.train) and ts["augmented"] > len(task.train)
     first, last = _first_last(res)
@@ -60,10 +64,11 @@ def test_tang_distils_on_the_cached_augmented_transfer_set(tiny, tmp_path, monke
     from kdfast.data.tokenize import load_tokenizer  # the tokenizer is saved with it
 
     assert load_tokenizer(tmp_path / "kd" / "student").get_vocab() == tok.get_vocab()
-    # a second run reuses the transfer set on disk: the teacher is not called again
-    monkeypatch.setattr(recipes, "teacher_outputs", lambda *a, **k: pytest.fail("teacher called"))
+    # a second run reuses the cached transfer set: the teacher is not called again
+    tang_module = importlib.import_module("kdfast.distill.tang")
+    monkeypatch.setattr(tang_module, "teacher_outputs", lambda *a, **k: pytest.fail("teacher called"))
     _, res2 = tang(teacher, task, tmp_path / "kd", tokenizer=tok, n_iter=3, epochs=1,
-                   overwrite=True, **FAST)
+                   transfer_cache=cache, overwrite=True, **FAST)
     assert res2["transfer_set"] == ts
 
 

@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from kdfast.data.tinybert_augment import augment, candidates
-from kdfast.distill.tinybert import (
-    TeacherTaps,
-    TinyBERTLoss,
-    TransformerStudent,
-    check_pair,
-    general_distill,
-    load_transformer_student,
-    student_config,
-    task_distill,
-)
+from kdfast.distill import general_distill, task_distill, tinybert
+from kdfast.distill.objectives import TinyBERTLoss, check_pair
+from kdfast.models import TeacherTaps, TransformerStudent, load_transformer_student, student_config
 
 SMALL = dict(num_layers=2, hidden_size=8, num_heads=2, intermediate_size=16)
 FAST = dict(batch_size=8, lr=2e-3, progress=False, log_every=1)
@@ -348,25 +341,3 @@ def test_augmentation_embedding_neighbours_glove_pairs_and_cache(tmp_path, monke
     a2, b2, _ = augment(["good movie", "bad plot"], ["the film", "a story"], tokenizer=tok,
                         embeddings=emb, n_a=3, p_t=0.5, k=2, seed=1, cache=cache)
     assert (a2, b2) == (a, b)
-
-
-def test_command_line_tinybert_and_etd(tmp_path, capsys):
-    from kdfast.distill.tinybert import main
-
-    tok = _tiny.tokenizer(tmp_path)
-    teacher = _teacher(tok)
-    teacher.save_pretrained(tmp_path / "teacher", tokenizer=tok)
-    texts, labels = _tiny.sentences(24)
-    data = tmp_path / "data.csv"
-    data.write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in zip(texts, labels)) + "\n")
-    common = ["--teacher", str(tmp_path / "teacher"), "--task", f"csv:{data}", "--num-layers", "2",
-              "--hidden-size", "8", "--intermediate-size", "16", "--n-a", "1", "--k", "2",
-              "--max-steps", "2", "--batch-size", "8", "--no-progress"]
-    assert main(["tinybert", *common, "--out", str(tmp_path / "tb"), "--mode", "masked"]) == 0
-    assert (tmp_path / "tb" / "step2" / "student" / "config.json").is_file()
-    assert main(["etd-distill", *common, "--out", str(tmp_path / "etd"), "--strategy", "rand"]) == 0
-    assert "test: accuracy" in capsys.readouterr().out
-    with pytest.raises(FileExistsError):
-        main(["tinybert", *common, "--out", str(tmp_path / "tb")])
-    with pytest.raises(SystemExit):
-        main(["tinybert", "--help"])

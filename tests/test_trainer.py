@@ -85,7 +85,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     resumed = _student(seed=123)  # different init: everything must come from the checkpoint
     d = Distiller(None, resumed, "mse", out_dir=tmp_path / "b", resume=True, **kw)
     d.train()
-    assert d.state["step"] == 21
+    assert d.state.step == 21
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -132,9 +132,17 @@ def test_no_overwrite_without_permission(tmp_path):
     (out / "something.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="overwrite"):
         Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=out, **OPTS)
-    Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=out, overwrite=True,
+    with pytest.raises(FileExistsError, match="not written by kdfast"):  # not kdfast's: kept
+        Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=out, overwrite=True,
+                  **OPTS)
+    assert [p.name for p in out.iterdir()] == ["something.txt"]
+    kd = tmp_path / "kd"
+    Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=kd, max_steps=1,
+              **OPTS).train()
+    (kd / "old.txt").write_text("from the last run")
+    Distiller(None, _student(), "mse", train_data=_examples(8), out_dir=kd, overwrite=True,
               max_steps=1, **OPTS).train()
-    assert (out / "something.txt").read_text() == "keep me" and (out / "student").is_dir()
+    assert not (kd / "old.txt").exists() and (kd / "student").is_dir()  # kdfast's: cleared
 
 
 def test_early_stopping_stops_and_keeps_the_best():

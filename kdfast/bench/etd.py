@@ -92,9 +92,10 @@ def _headmask(model, batches, loss_fn=None, *, entropy=False):
 def main(quick: bool, out_dir: str) -> int:
     from transformers import BertForSequenceClassification
 
-    from kdfast.data.fetch import fetch
+    from kdfast.data.tasks import movie_rows
+    from kdfast.data.tokenize import make_batches
     from kdfast.etd import importance
-    from kdfast.etd.cli import load_sentences, load_teacher, make_batches
+    from kdfast.models.teachers import load_bert
     from kdfast.reference.importance import importance_reference
 
     # One thread: this suite's CPU numbers come from a 2-core machine shared with other jobs,
@@ -102,10 +103,9 @@ def main(quick: bool, out_dir: str) -> int:
     # to override.
     torch.set_num_threads(int(os.environ.get("KDFAST_BENCH_THREADS", "1")))
     batch_size, max_length, n_batches, repeats = (16, 48, 1, 2) if quick else (32, 64, 2, 5)
-    teacher, tok, path = load_teacher("minilm-l6")
-    rows_all = load_sentences("movie-sentences")
-    with open(fetch("movie-sentences"), encoding="utf-8", errors="replace") as f:
-        ratings = [float(line.split("\t")[1]) for line in f if line.count("\t") >= 2]
+    teacher, tok, path = load_bert("minilm-l6")
+    rows = movie_rows()
+    rows_all, ratings = [t for _, t in rows], [r for r, _ in rows]
     sentences = rows_all[: batch_size * n_batches]
     batches = list(make_batches(tok, sentences, batch_size, max_length))
     labelled = []

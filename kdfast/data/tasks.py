@@ -89,21 +89,25 @@ def _carve(split: Split, fractions, seed: int):
     return [split.subset(sorted(p)) for p in parts]
 
 
-def _movie_sentences(seed: int) -> Task:
+def movie_rows() -> list[tuple[float, str]]:
+    """The offline movie-review snippets as ``(rating, sentence)``, every line of the file
+    (ratings in [-1, 1]; 0 = neither positive nor negative)."""
     from kdfast.data.fetch import fetch
 
-    texts, labels = [], []
-    with open(fetch("movie-sentences"), encoding="utf-8", errors="replace") as f:
+    path = fetch("movie-sentences")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3:
-                continue
-            rating = float(parts[1])
-            if rating == 0:  # neither positive nor negative (DATA.md: drop them)
-                continue
-            texts.append(parts[2].strip())
-            labels.append(int(rating > 0))
-    test, dev, train = _carve(Split(texts, labels), (0.1, 0.1), seed)
+            parts = line.rstrip("\n").split("\t", 2)
+            if len(parts) == 3 and parts[2].strip():
+                rows.append((float(parts[1]), parts[2].strip()))
+    return rows
+
+
+def _movie_sentences(seed: int) -> Task:
+    rows = [(r, t) for r, t in movie_rows() if r != 0]  # rating 0: neither (DATA.md: drop)
+    split = Split([t for _, t in rows], [int(r > 0) for r, _ in rows])
+    test, dev, train = _carve(split, (0.1, 0.1), seed)
     return Task("movie-sentences", train, dev, test, 2, "accuracy", ["negative", "positive"])
 
 
@@ -132,6 +136,14 @@ def _snli(seed: int) -> Task:
 def _read_rows(fmt: str, path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
+    try:
+        return _parse_rows(fmt, path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"task file {path} is not UTF-8 text (byte {e.start}: "
+                         f"{e.object[e.start:e.start + 1]!r}); convert it to UTF-8") from None
+
+
+def _parse_rows(fmt: str, path: Path) -> list[dict]:
     if fmt == "jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -142,8 +154,11 @@ def _read_rows(fmt: str, path: Path) -> list[dict]:
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
     else:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="," if fmt == "csv" else "\t"))
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="," if fmt == "csv" else "\t"))
+        except csv.Error as e:
+            raise ValueError(f"{path}: not a valid {fmt.upper()} file ({e})") from None
     if not rows:
         raise ValueError(f"task file {path} is empty (no data rows)")
     return rows
@@ -220,13 +235,13 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
         splits[missing], splits["train"] = _carve(splits["train"], (0.1,), seed)
 
     kinds = {k: _labels_kind(s.labels) for k, s in splits.items()}
-    label_names = []
+    label_names, regression = [], False
     if any(kind == "string" for kind, _ in kinds.values()):
         label_names = sorted({str(v) for s in splits.values() for v in s.labels})
         for s in splits.values():
             s.labels = [label_names.index(str(v)) for v in s.labels]
         n = len(label_names)
-    elif any(kind == "float" for kind, _ in kinds.values()):
+    elif regression := any(kind == "float" for kind, _ in kinds.values()):
         for k, s in splits.items():
             s.labels = [float(v) for v in kinds[k][1]]
         n, metric = 1, metric or "pearson"
@@ -234,6 +249,12 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
         for k, s in splits.items():
             s.labels = kinds[k][1]
         n = max(max(s.labels) for s in splits.values()) + 1
+    if not regression and len({v for s in splits.values() for v in s.labels}) < 2 \
+            and (num_labels is None or n == 1):
+        found = sorted({str(v) for s in splits.values() for v in s.labels})
+        raise ValueError(f"{path}: the labels have a single class ({', '.join(found)}): a "
+                         "classification task needs at least 2 classes (a regression task "
+                         "needs non-integer values)")
     if num_labels is not None:
         for k, s in splits.items():
             bad = [v for v in s.labels if n > 1 and not 0 <= v < num_labels]
@@ -338,3 +359,33 @@ def unlabelled_sentences(sources, *, limit: int | None = None, seed: int = 0) ->
     if limit is not None and len(out) > limit:
         out = random.Random(seed).sample(out, limit)
     return out
+
+
+def load_sentences(spec: str, limit: int | None = None) -> list[str]:
+    """Sentences to score or distil on, as they are: a local text file (one per line), all
+    ``movie-sentences`` snippets (neutral ones too: no labels here) or both sides of the
+    ``snli`` training subset (each once); the first ``limit``."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    if spec == "movie-sentences":
+        out = [t for _, t in movie_rows()]
+    elif spec == "snli":
+        from kdfast.data.fetch import fetch
+
+        out, seen = [], set()
+        with open(fetch("snli") / "snli_1.0_train_subset.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                for key in ("sentence1", "sentence2"):
+                    s = (row.get(key) or "").strip()
+                    if s and s not in seen:
+                        seen.add(s)
+                        out.append(s)
+                if limit is not None and len(out) >= limit:
+                    break
+    elif Path(spec).expanduser().is_file():
+        with open(Path(spec).expanduser(), encoding="utf-8", errors="replace") as f:
+            out = [line.strip() for line in f if line.strip()]
+    else:
+        raise FileNotFoundError(f"sentences {spec!r}: neither a file nor one of {OFFLINE}")
+    return out[:limit] if limit is not None else out

@@ -237,12 +237,18 @@ def augment(texts, texts_b=None, *, tokenizer, mlm=None, embeddings=None, glove=
                        str(glove) if isinstance(glove, (str, Path)) else glove is not None,
                        n_a, p_t, k, seed, max_len, len(tokenizer))
     if cache is not None and Path(cache).is_file():
-        with open(cache, encoding="utf-8") as f:
-            head = json.loads(f.readline())
-            if head.get("key") == key:
-                rows = [json.loads(line) for line in f]
-                return ([r["a"] for r in rows], None if texts_b is None else [r["b"] for r in rows],
-                        [r["src"] for r in rows])
+        try:
+            with open(cache, encoding="utf-8") as f:
+                head = json.loads(f.readline())
+                rows = [json.loads(line) for line in f] if head.get("key") == key else None
+            if rows is not None and len(rows) != head.get("rows", len(rows)):
+                raise ValueError(f"{len(rows)} rows, the header says {head['rows']}")
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError(f"cannot read the augmentation cache {cache}: it is truncated or "
+                             f"not a kdfast file ({e}); delete it or start with --overwrite") from None
+        if rows is not None:
+            return ([r["a"] for r in rows], None if texts_b is None else [r["b"] for r in rows],
+                    [r["src"] for r in rows])
     sents = [split_words(t) for t in texts]
     cands = candidates(sents, tokenizer, mlm=mlm, embeddings=embeddings, glove=glove, k=k,
                        batch_size=batch_size, max_len=max_len, device=device)
@@ -259,9 +265,10 @@ def augment(texts, texts_b=None, *, tokenizer, mlm=None, embeddings=None, glove=
             out_b += [texts_b[i]] * len(variants)
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp")
+        tmp = Path(str(cache) + ".tmp")  # then an atomic rename: never half a cache
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "n_a": n_a, "p_t": p_t, "k": k, "seed": seed}) + "\n")
+            f.write(json.dumps({"key": key, "n_a": n_a, "p_t": p_t, "k": k, "seed": seed,
+                                "rows": len(out_a)}) + "\n")
             for j, a in enumerate(out_a):
                 row = {"a": a, "src": src[j]}
                 if out_b is not None:

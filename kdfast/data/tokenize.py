@@ -103,3 +103,11 @@ def length_batches(examples, batch_size: int, key: str = "t_ids"):
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].get(key) or
                                                            examples[i].get("s_ids")))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def make_batches(tokenizer, sentences, batch_size: int, max_length: int):
+    """Padded transformers batches (``input_ids``, ``attention_mask``, ...) of ``sentences``,
+    in order: the input of :func:`kdfast.etd.importance`."""
+    for i in range(0, len(sentences), batch_size):
+        yield dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True,
+                             max_length=max_length, return_tensors="pt"))

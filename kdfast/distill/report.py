@@ -1,8 +1,12 @@
-"""Results of a training run: ``results.json``, a short ``report.md`` and ``loss_curve.png``."""
+"""Results of a training run: ``results.json``, a short ``report.md`` and ``loss_curve.png``,
+each written atomically (the caller writes on rank 0 only)."""
 from __future__ import annotations
 
-import json
+import os
+import tempfile
 from pathlib import Path
+
+from kdfast.distill.outputs import atomic_write_json, atomic_write_text
 
 
 def plot_losses(path, curves: dict) -> bool:
@@ -24,8 +28,15 @@ def plot_losses(path, curves: dict) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
     return True
 
 
@@ -35,7 +46,7 @@ def _fmt(v):
 
 def write_report(out_dir, res: dict) -> None:
     out_dir = Path(out_dir)
-    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    atomic_write_json(out_dir / "results.json", res)
     has_png = plot_losses(out_dir / "loss_curve.png", {res["name"]: res["loss_history"]})
     c = res["config"]
     lines = [f"# kdfast run: {res['name']}", "",
@@ -46,10 +57,10 @@ def write_report(out_dir, res: dict) -> None:
              f"({res['train_examples_per_s']:.0f} examples/s)",
              f"- parameters: {res['parameters']:,}"]
     if res.get("best_dev") is not None:
-        lines.append(f"- best dev {c['metric']}: {res['best_dev']:.4f} at step {res['best_step']}")
+        lines.append(f"- best dev {c['metric'] or 'accuracy'}: {res['best_dev']:.4f} at step {res['best_step']}")
     for split in ("dev", "test"):
         if split in res:
             lines.append(f"- {split}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in res[split].items()))
     if has_png:
         lines += ["", "![training loss](loss_curve.png)"]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -1,20 +1,23 @@
 """The training loop under every recipe: a plain PyTorch loop, usable as a library.
 
->>> d = Distiller(teacher, student, loss="mse", alpha=0.0, train_data=examples,
+>>> d = Distiller(teacher, student, LogitLoss("mse"), train_data=examples,
 ...               dev_data=dev_examples, out_dir="runs/x", epochs=3, batch_size=50)
 >>> results = d.train()
 
 Data are lists of example dicts (:mod:`kdfast.data.tokenize`); models expose
-``forward_batch(batch)`` (kdfast's students and teachers do). ``loss`` is a name
-(``ce``/``hard``: labels only; ``mse``/``kl``/``soft_ce``: ``alpha * CE + (1 - alpha) * soft``
-against the teacher's logits -- cached ``t_logits`` in the examples, or a live teacher;
-``sra-mse``/``sra-cosine``: match the teacher's sentence vector) or a callable
-``loss(student_out, batch, teacher_out) -> scalar``.
+``forward_batch(batch)`` (kdfast's students and teachers do). ``loss`` is a loss object from
+:mod:`kdfast.distill.objectives` (it declares the teacher outputs it ``needs``; they come from
+cached ``t_logits``/``t_vec`` in the examples or from one teacher forward per batch), one of
+the names :func:`~kdfast.distill.objectives.make_loss` knows (``ce``, ``mse``, ``kl``,
+``soft_ce`` with ``alpha``/``temperature`` from the config, ``sra-mse``, ``sra-cosine``), or
+any callable ``loss(student_out, batch, teacher_out)`` (``teacher_out`` is then the
+teacher's ``forward_batch(batch)``).
 
-What the loop does:
-* one permutation per epoch from ``seed + epoch``; checkpoints (``out_dir/checkpoint/last.pt``)
-  hold model, optimiser, scheduler, RNG states, step and the position in the epoch, so
-  ``resume=True`` continues exactly where the last checkpoint left off;
+:meth:`Distiller.train` is :meth:`~Distiller.restore`, then per batch :meth:`~Distiller.step`,
+:meth:`~Distiller.evaluate_dev` when due and :meth:`~Distiller.checkpoint` when due:
+* one permutation per epoch from ``seed + epoch``; checkpoints (``out_dir/checkpoint/last.pt``,
+  written atomically) hold model, optimiser, scheduler, RNG states, step and the position in
+  the epoch, so ``resume=True`` continues exactly where the last checkpoint left off;
 * DDP under ``torchrun`` (gloo on CPU, nccl on GPU): each global batch of ``batch_size``
   examples is split across ranks and gradients are averaged with one flat all-reduce per
   step, each rank's loss weighted by its share, so 2 processes match 1 with the same global
@@ -22,29 +25,37 @@ What the loop does:
 * bf16 autocast on a GPU (``amp="auto"``), none on a CPU;
 * dev evaluation every ``eval_every`` steps (default: each epoch) with the task metric,
   early stopping after ``patience`` evaluations without improvement, the best student kept;
-* outputs in ``out_dir``: ``student/`` (config + weights + tokenizer: ``load_student``),
-  ``results.json``, ``report.md``, ``loss_curve.png``.
+* outputs in ``out_dir`` (rank 0, atomically): ``student/`` (config + weights + tokenizer:
+  ``load_student``), ``results.json``, ``report.md``, ``loss_curve.png``.
+
+The output directory follows :mod:`kdfast.distill.outputs` (an existing one is refused
+without ``overwrite``/``resume``; ``overwrite`` clears only a kdfast directory; ``resume``
+needs a checkpoint). ``stage=True``: ``out_dir`` is a stage inside a recipe's directory that
+the recipe already checked; it is used as it is and resumed from its checkpoint if it has one.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdfast.data import metrics as M
 from kdfast.data.tokenize import collate, length_batches, to_device
+from kdfast.distill import outputs
+from kdfast.distill.objectives import LOSSES, make_loss
 
-LOSSES = ("ce", "hard", "mse", "kl", "soft_ce", "sra-mse", "sra-cosine")
 OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "linear")
+CACHED = {"logits": "t_logits", "vector": "t_vec"}  # teacher output -> cached example field
+
+__all__ = ["Distiller", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "TrainState",
+           "init_distributed", "is_rank0"]
 
 
 @dataclass
@@ -59,9 +70,9 @@ class TrainConfig:
     scheduler: str = "constant"
     warmup: float = 0.0  # fraction of the steps
     grad_clip: float | None = None
-    alpha: float = 0.0
-    temperature: float = 1.0
-    metric: str = "accuracy"
+    alpha: float = 0.0  # for the loss names mse / kl / soft_ce
+    temperature: float = 1.0  # likewise
+    metric: str | None = None  # None: the task's (recipes), else accuracy
     eval_every: int | None = None  # steps; None: once per epoch
     eval_batch_size: int = 256
     patience: int | None = None
@@ -72,25 +83,79 @@ class TrainConfig:
     progress: bool = True
     device: str | None = None
 
+    @classmethod
+    def build(cls, *option_dicts, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """A validated config from ``base`` (default: the defaults) updated by each dict in
+        turn; unknown keys are a TypeError naming them."""
+        known = {f.name for f in fields(cls)}
+        merged = asdict(base) if base is not None else {}
+        for opts in option_dicts:
+            bad = sorted(set(opts or {}) - known)
+            if bad:
+                raise TypeError(f"unknown training option(s) {bad}; known: {sorted(known)}")
+            merged.update(opts or {})
+        cfg = cls(**merged)
+        cfg.validate()
+        return cfg
+
     def validate(self):
+        def positive_int(name, v, none_ok=True):
+            if v is None and none_ok:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.max_steps is None and not self.epochs > 0:
+        positive_int("batch_size", self.batch_size, none_ok=False)
+        positive_int("eval_batch_size", self.eval_batch_size, none_ok=False)
+        positive_int("log_every", self.log_every, none_ok=False)
+        if self.max_steps is None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
             raise ValueError(f"epochs must be > 0 (or give max_steps), got {self.epochs!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        positive_int("max_steps", self.max_steps)
+        positive_int("eval_every", self.eval_every)
+        positive_int("patience", self.patience)
+        positive_int("checkpoint_every", self.checkpoint_every)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.metric not in M.METRICS:
+        if not 0.0 < self.rho <= 1.0:
+            raise ValueError(f"rho must lie in (0, 1], got {self.rho}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must lie in [0, 1) (a fraction of the steps), got {self.warmup}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.metric is not None and self.metric not in M.METRICS:
             raise ValueError(f"metric must be one of {M.METRICS}, got {self.metric!r}")
+        if self.device is not None and str(self.device).split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        return self
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # batches done in the current epoch
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    history: list = field(default_factory=list)  # (step, mean loss since the last log)
+    evals: list = field(default_factory=list)  # (step, dev scores)
+    train_time: float = 0.0
+    examples: int = 0
+    loss_sum: object = 0.0  # running sum on the device: no host sync between log points
+    loss_n: int = 0
 
 
 def _dist():
@@ -108,6 +173,12 @@ def init_distributed(device_type: str = "cpu"):
     return _dist()
 
 
+def is_rank0(device_type: str | None = None) -> bool:
+    """Whether this process writes outputs (rank 0, or no process group)."""
+    d = init_distributed(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return d is None or d.get_rank() == 0
+
+
 def _rng_state():
     s = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -123,32 +194,21 @@ def _set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-class EarlyStop(Exception):
-    pass
-
-
 class Distiller:
     """See the module docstring. ``teacher`` may be None (hard labels, or cached teacher
-    outputs in the examples)."""
+    outputs in the examples). ``meta``: extra entries for ``results.json``."""
 
     def __init__(self, teacher, student, loss="mse", *, train_data, dev_data=None,
                  test_data=None, out_dir=None, tokenizer=None, overwrite: bool = False,
-                 resume: bool = False, callbacks=(), name: str = "student",
-                 config: TrainConfig | None = None, **options):
-        cfg = config or TrainConfig()
-        known = {f.name for f in fields(TrainConfig)}
-        bad = sorted(set(options) - known)
-        if bad:
-            raise TypeError(f"unknown training option(s) {bad}; known: {sorted(known)}")
-        cfg = TrainConfig(**{**asdict(cfg), **options})
-        cfg.validate()
-        if not callable(loss) and loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+                 resume: bool = False, stage: bool = False, callbacks=(), name: str = "student",
+                 config: TrainConfig | None = None, meta: dict | None = None, **options):
+        self.cfg = cfg = TrainConfig.build(options, base=config)
+        self.loss = make_loss(loss, alpha=cfg.alpha, temperature=cfg.temperature)
         if not train_data:
             raise ValueError("train_data is empty")
         if not hasattr(student, "forward_batch"):
             raise TypeError("student must have forward_batch(batch) (kdfast students do)")
-        self.cfg, self.loss_name, self.name = cfg, loss, name
+        self.name, self.meta = name, dict(meta or {})
         self.teacher, self.student = teacher, student
         self.train_data, self.dev_data, self.test_data = train_data, dev_data, test_data
         self.tokenizer, self.callbacks = tokenizer, list(callbacks)
@@ -161,22 +221,38 @@ class Distiller:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.out_dir = Path(out_dir) if out_dir else None
-        self._prepare_out_dir(overwrite, resume)
         self.resume = resume
+        if self.out_dir is not None and self.rank == 0:
+            if stage:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                outputs.prepare_output_dir(self.out_dir, overwrite=overwrite, resume=resume)
+        self.state = TrainState()
+        self.best_state = None
+        self.opt = self.sched = None
+
+    @property
+    def metric(self) -> str:
+        return self.cfg.metric or "accuracy"
+
+    @property
+    def loss_name(self) -> str:
+        return getattr(self.loss, "name", None) or "custom"
 
     # ---------------------------------------------------------------- checks and setup
     def _check_data(self):
         first = self.train_data[0]
-        needs_labels = self.loss_name in ("ce", "hard") or (
-            self.loss_name in ("mse", "kl", "soft_ce") and self.cfg.alpha > 0)
-        if needs_labels and "label" not in first:
-            raise ValueError(f"loss {self.loss_name!r} with alpha={self.cfg.alpha} needs labels "
-                             "in the training examples")
-        if self.loss_name in ("mse", "kl", "soft_ce") and "t_logits" not in first and self.teacher is None:
-            raise ValueError(f"loss {self.loss_name!r} needs teacher logits: pass a teacher or "
-                             "examples with cached t_logits")
-        if str(self.loss_name).startswith("sra") and "t_vec" not in first and self.teacher is None:
-            raise ValueError("SRA needs the teacher's sentence vectors (t_vec) or a teacher")
+        needs = getattr(self.loss, "needs", None)
+        if getattr(self.loss, "needs_labels", False) and "label" not in first:
+            extra = f" with alpha={self.loss.alpha}" if hasattr(self.loss, "alpha") else ""
+            raise ValueError(f"loss {self.loss_name!r}{extra} needs labels in the training "
+                             "examples")
+        for need in sorted(needs or ()):
+            if self.teacher is None and CACHED.get(need) not in first:
+                what = {"logits": "teacher logits", "vector": "the teacher's sentence vectors"}
+                raise ValueError(f"loss {self.loss_name!r} needs {what.get(need, need)}: pass a "
+                                 f"teacher" + (f" or examples with cached {CACHED[need]}"
+                                               if need in CACHED else ""))
         num_labels = getattr(self.student, "num_labels", None)
         for split, data in (("train", self.train_data), ("dev", self.dev_data), ("test", self.test_data)):
             if not data or "label" not in data[0] or not num_labels or num_labels < 2:
@@ -193,21 +269,6 @@ class Distiller:
         if "t_logits" in first and num_labels and len(first["t_logits"]) != num_labels:
             raise ValueError(f"teacher logits have {len(first['t_logits'])} classes but the "
                              f"student has {num_labels}")
-
-    def _prepare_out_dir(self, overwrite, resume):
-        if self.out_dir is None or self.rank != 0:
-            return
-        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not (overwrite or resume):
-            raise FileExistsError(f"output directory {self.out_dir} already exists and is not "
-                                  "empty: pass overwrite=True (--overwrite) or resume=True (--resume)")
-        if overwrite and not resume:
-            for name in ("checkpoint", "student", "results.json", "report.md", "loss_curve.png"):
-                p = self.out_dir / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def _steps_per_epoch(self):
         n = len(self.train_data) // self.cfg.batch_size
@@ -242,34 +303,81 @@ class Distiller:
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    # ---------------------------------------------------------------- the loss
-    def _loss(self, out, batch):
-        name, c = self.loss_name, self.cfg
-        t_out = None
-        if self.teacher is not None and (
-                (name in ("mse", "kl", "soft_ce") and "t_logits" not in batch)
-                or (str(name).startswith("sra") and "t_vec" not in batch) or callable(name)):
-            with torch.no_grad():
-                t_out = (self.teacher.sentence_vector(batch["t_input_ids"], batch["t_attention_mask"],
-                                                      batch["t_token_type_ids"])
-                         if str(name).startswith("sra") else self.teacher.forward_batch(batch))
-        if callable(name):
-            return name(out, batch, t_out)
-        out = out.float()
-        if name in ("ce", "hard"):
-            y = batch["labels"]
-            return F.mse_loss(out.squeeze(-1), y) if y.dtype.is_floating_point else F.cross_entropy(out, y)
-        if name.startswith("sra"):
-            target = (batch["t_vec"] if t_out is None else t_out).float()
-            if name == "sra-mse":
-                return F.mse_loss(out, target)
-            return (1 - F.cosine_similarity(out, target, dim=-1)).mean()
-        from kdfast.losses import distillation_loss
+    def setup(self) -> None:
+        """Seeds, devices, optimiser and scheduler for a fresh run (``train`` calls it)."""
+        c = self.cfg
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        np.random.seed(c.seed)
+        self.student.to(self.device).train()
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+        if self.dist:  # every rank starts from rank 0's weights
+            for p in self.student.state_dict().values():
+                self.dist.broadcast(p, 0)
+        self.total = self._total_steps()
+        self.opt = self._make_optimizer()
+        self.sched = self._make_scheduler(self.opt, self.total)
+        self.state, self.best_state = TrainState(), None
 
-        target = (batch["t_logits"] if t_out is None else t_out).float()
-        labels = batch.get("labels") if c.alpha > 0 else None
-        return distillation_loss(out, target, labels, kind=name, alpha=c.alpha if labels is not None else 0.0,
-                                 temperature=c.temperature)
+    # ---------------------------------------------------------------- the loss
+    def teacher_outputs(self, batch):
+        """What the loss needs from the teacher for ``batch``: cached fields of the examples
+        first, the rest from one teacher forward (no gradient)."""
+        needs = getattr(self.loss, "needs", None)
+        if needs is None:  # a plain callable: the teacher's forward_batch, if there is a teacher
+            if self.teacher is None:
+                return None
+            with torch.no_grad():
+                return self.teacher.forward_batch(batch)
+        out = {k: batch[CACHED[k]] for k in needs if CACHED.get(k) in batch}
+        missing = set(needs) - set(out)
+        if missing:
+            with torch.no_grad():
+                if hasattr(self.teacher, "taps"):
+                    out.update(self.teacher.taps(batch, missing,
+                                                 vector=getattr(self.loss, "vector", None)))
+                elif missing == {"logits"}:
+                    out["logits"] = self.teacher.forward_batch(batch)
+                else:
+                    raise TypeError(f"the teacher gives logits only (forward_batch); the loss "
+                                    f"needs {sorted(missing)}")
+        return out
+
+    def compute_loss(self, batch):
+        """The training loss on one (device) batch, with the student in its current mode."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
+            out = self.student.forward_batch(batch)
+            return self.loss(out, batch, self.teacher_outputs(batch))
+
+    def _sync_grads(self):
+        grads = [p.grad for p in self.student.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        flat /= self.world
+        off = 0
+        for g in grads:
+            g.copy_(flat[off:off + g.numel()].view_as(g))
+            off += g.numel()
+
+    def step(self, batch, share: float = 1.0):
+        """One optimisation step on a collated batch (``share``: this rank's fraction of the
+        global batch under DDP). Returns the detached loss."""
+        if self.opt is None:
+            self.setup()
+        batch = to_device(batch, self.device)
+        loss = self.compute_loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        (loss * (share * self.world) if self.dist else loss).backward()
+        if self.dist:
+            self._sync_grads()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return loss.detach()
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -288,183 +396,178 @@ class Distiller:
         return torch.stack(outs)
 
     def evaluate(self, data, model=None) -> dict:
+        """The task metric(s) of the student (or ``model``) on labelled examples."""
         out = self.predict(data, model)
         labels = [ex["label"] for ex in data]
         preds = out.squeeze(-1).tolist() if out.shape[-1] == 1 else out.argmax(-1).tolist()
-        return M.compute(self.cfg.metric, preds, labels)
+        return M.compute(self.metric, preds, labels)
+
+    def evaluate_dev(self) -> bool:
+        """Evaluates on dev, keeps the best student; True when early stopping says stop."""
+        st, c = self.state, self.cfg
+        score = self.evaluate(self.dev_data)
+        key = score[self.metric]
+        st.evals.append((st.step, score))
+        if st.best is None or key > st.best:
+            st.best, st.best_step, st.bad_evals = key, st.step, 0
+            self.best_state = {k: v.detach().cpu().clone()
+                               for k, v in self.student.state_dict().items()}
+        else:
+            st.bad_evals += 1
+        return c.patience is not None and st.bad_evals >= c.patience
 
     # ---------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, state):
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / outputs.CHECKPOINT if self.out_dir else None
+
+    def checkpoint(self) -> None:
+        """Saves everything ``restore`` needs, atomically (rank 0)."""
         if self.out_dir is None or self.rank != 0:
             return
-        d = self.out_dir / "checkpoint"
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "last.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, d / "last.pt")  # atomic: an interruption never leaves half a checkpoint
+        outputs.atomic_save({
+            "model": self.student.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "state": asdict(self.state),
+            "rng": _rng_state(), "best_state": self.best_state, "config": asdict(self.cfg)},
+            self.checkpoint_path)
 
-    def _save_student(self, model_state=None):
+    def restore(self) -> bool:
+        """With ``resume``, loads the checkpoint in ``out_dir`` if there is one; True if it did.
+        A truncated or foreign checkpoint is a ValueError naming the file."""
+        path = self.checkpoint_path
+        if not self.resume or path is None or not path.is_file():
+            if self.resume and self.rank == 0:
+                print(f"kdfast: no checkpoint for {self.name} in {self.out_dir}; starting fresh")
+            return False
+        if self.opt is None:
+            self.setup()
+        saved = outputs.load_checked(path, what="checkpoint", map_location="cpu",
+                                     weights_only=False)
+        if not isinstance(saved, dict) or not {"model", "optimizer", "state"} <= saved.keys():
+            raise ValueError(f"cannot read the checkpoint {path}: it is not a kdfast checkpoint")
+        try:
+            self.student.load_state_dict(saved["model"])
+        except RuntimeError as e:
+            raise ValueError(f"the checkpoint {path} holds another model: "
+                             f"{str(e).splitlines()[0]}") from None
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.state = TrainState(**saved["state"])
+        self.best_state = saved.get("best_state")
+        _set_rng_state(saved["rng"])
+        if self.rank == 0:
+            st = self.state
+            print(f"kdfast: resumed {self.name} at step {st.step} (epoch {st.epoch}, "
+                  f"batch {st.pos})")
+        return True
+
+    def save_student(self, model_state=None) -> None:
+        """The student (or ``model_state`` loaded into it) into ``out_dir/<name>``, atomically."""
         if self.out_dir is None or self.rank != 0:
             return
         student = self.student
         if model_state is not None:
             cur = {k: v.clone() for k, v in student.state_dict().items()}
             student.load_state_dict(model_state)
-        if hasattr(student, "save_pretrained"):
-            student.save_pretrained(self.out_dir / self.name, tokenizer=self.tokenizer)
-        else:
-            torch.save(student.state_dict(), self.out_dir / f"{self.name}.pt")
-        if model_state is not None:
-            student.load_state_dict(cur)
+        try:
+            if hasattr(student, "save_pretrained"):
+                outputs.atomic_save_dir(self.out_dir / self.name, lambda d: student.save_pretrained(
+                    d, tokenizer=self.tokenizer))
+            else:
+                outputs.atomic_save(student.state_dict(), self.out_dir / f"{self.name}.pt")
+        finally:
+            if model_state is not None:
+                student.load_state_dict(cur)
 
     # ---------------------------------------------------------------- training
-    def _sync_grads(self):
-        grads = [p.grad for p in self.student.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.dist.all_reduce(flat)
-        flat /= self.world
-        off = 0
-        for g in grads:
-            g.copy_(flat[off:off + g.numel()].view_as(g))
-            off += g.numel()
+    def _log(self, loss, bar):
+        st, c = self.state, self.cfg
+        st.loss_sum = st.loss_sum + loss.float()
+        st.loss_n += 1
+        if st.step % c.log_every == 0 or st.step == self.total:  # mean since the last log
+            mean = float(st.loss_sum) / st.loss_n
+            st.history.append((st.step, mean))
+            st.loss_sum, st.loss_n = 0.0, 0
+            if bar is not None:  # throughput over the logging window
+                now = time.perf_counter()
+                rate = (st.examples - self._log_ex) / max(1e-9, now - self._log_t)
+                bar.set_postfix(loss=f"{mean:.4f}", ex_s=f"{rate:.0f}")
+                self._log_t, self._log_ex = now, st.examples
+        if bar is not None:
+            bar.update(1)
+
+    def _epoch(self, bar) -> bool:
+        """Runs the rest of the current epoch; True when training is over."""
+        st, c = self.state, self.cfg
+        spe = self._steps_per_epoch()
+        g = torch.Generator().manual_seed(c.seed * 1000003 + st.epoch)
+        perm = torch.randperm(len(self.train_data), generator=g).tolist()
+        while st.pos < spe:
+            t0 = time.perf_counter()
+            glob = perm[st.pos * c.batch_size:(st.pos + 1) * c.batch_size]
+            shard = np.array_split(np.asarray(glob), self.world)[self.rank].tolist()
+            loss = self.step(collate([self.train_data[i] for i in shard]),
+                             share=len(shard) / len(glob))
+            st.step, st.pos, st.examples = st.step + 1, st.pos + 1, st.examples + len(glob)
+            self._log(loss, bar)
+            epoch_end = st.pos >= spe
+            if epoch_end:
+                st.epoch, st.pos = st.epoch + 1, 0
+            done = st.step >= self.total
+            if self.dev_data and ((c.eval_every and st.step % c.eval_every == 0)
+                                  or (not c.eval_every and epoch_end) or done):
+                done = self.evaluate_dev() or done
+            st.train_time += time.perf_counter() - t0
+            if (c.checkpoint_every and st.step % c.checkpoint_every == 0) or epoch_end or done:
+                self.checkpoint()
+            for cb in self.callbacks:
+                cb(self, st.step)
+            if done:
+                return True
+            if epoch_end:  # the next epoch draws its own shuffle order
+                return False
+        return False
 
     def train(self) -> dict:
-        c = self.cfg
-        torch.manual_seed(c.seed)
-        random.seed(c.seed)
-        np.random.seed(c.seed)
-        self.student.to(self.device).train()
-        if self.teacher is not None:
-            self.teacher.to(self.device).eval()
-        if self.dist:  # every rank starts from rank 0's weights
-            for p in self.student.state_dict().values():
-                self.dist.broadcast(p, 0)
-        total = self._total_steps()
-        opt = self._make_optimizer()
-        sched = self._make_scheduler(opt, total)
-        st = {"step": 0, "epoch": 0, "pos": 0, "best": None, "best_step": None, "bad_evals": 0,
-              "history": [], "evals": [], "train_time": 0.0, "examples": 0}
-        best_state = None
-        ckpt = self.out_dir / "checkpoint" / "last.pt" if self.out_dir else None
-        if self.resume and ckpt is not None and ckpt.exists():
-            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-            self.student.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            st = saved["state"]
-            best_state = saved.get("best_state")
-            _set_rng_state(saved["rng"])
-            if self.rank == 0:
-                print(f"kdfast: resumed {self.name} at step {st['step']} (epoch {st['epoch']}, "
-                      f"batch {st['pos']})")
-        elif self.resume and self.rank == 0:
-            print(f"kdfast: nothing to resume in {self.out_dir}; starting fresh")
-
-        spe = self._steps_per_epoch()
+        """Trains to the end (restoring a checkpoint with ``resume``); returns the results
+        and, with ``out_dir``, writes the student, results.json and report.md."""
+        self.setup()
+        self.restore()
         bar = None
-        if c.progress and self.rank == 0:
+        if self.cfg.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, initial=st["step"], desc=self.name, unit="step", leave=False)
-        stop = st["step"] >= total
-        t0 = log_t = time.perf_counter()
-        log_ex = st["examples"]
+            bar = tqdm(total=self.total, initial=self.state.step, desc=self.name, unit="step",
+                       leave=False)
+        self._log_t, self._log_ex = time.perf_counter(), self.state.examples
         try:
-            while not stop:
-                g = torch.Generator().manual_seed(c.seed * 1000003 + st["epoch"])
-                perm = torch.randperm(len(self.train_data), generator=g).tolist()
-                while st["pos"] < spe:
-                    glob = perm[st["pos"] * c.batch_size:(st["pos"] + 1) * c.batch_size]
-                    shard = np.array_split(np.asarray(glob), self.world)[self.rank].tolist()
-                    batch = to_device(collate([self.train_data[i] for i in shard]), self.device)
-                    with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-                        out = self.student.forward_batch(batch)
-                        loss = self._loss(out, batch)
-                    scaled = loss * (len(shard) * self.world / len(glob)) if self.dist else loss
-                    opt.zero_grad(set_to_none=True)
-                    scaled.backward()
-                    if self.dist:
-                        self._sync_grads()
-                    if c.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.grad_clip)
-                    opt.step()
-                    sched.step()
-                    st["step"] += 1
-                    st["pos"] += 1
-                    st["examples"] += len(glob)
-                    # running sum on the device: no host sync except at log points
-                    st["loss_sum"] = st.get("loss_sum", 0.0) + loss.detach().float()
-                    st["loss_n"] = st.get("loss_n", 0) + 1
-                    if st["step"] % c.log_every == 0 or st["step"] == total:  # mean since the last log
-                        mean = float(st["loss_sum"]) / st["loss_n"]
-                        st["history"].append((st["step"], mean))
-                        st["loss_sum"], st["loss_n"] = 0.0, 0
-                        if bar is not None:  # throughput over the logging window
-                            now = time.perf_counter()
-                            rate = (st["examples"] - log_ex) / max(1e-9, now - log_t)
-                            bar.set_postfix(loss=f"{mean:.4f}", ex_s=f"{rate:.0f}")
-                            log_t, log_ex = now, st["examples"]
-                    if bar is not None:
-                        bar.update(1)
-                    epoch_end = st["pos"] >= spe
-                    if epoch_end:
-                        st["epoch"] += 1
-                        st["pos"] = 0
-                    done = st["step"] >= total
-                    evaluate = self.dev_data and (
-                        (c.eval_every and st["step"] % c.eval_every == 0)
-                        or (not c.eval_every and epoch_end) or done)
-                    if evaluate:
-                        score = self.evaluate(self.dev_data)
-                        key = score[c.metric]
-                        st["evals"].append((st["step"], score))
-                        if st["best"] is None or key > st["best"]:
-                            st["best"], st["best_step"], st["bad_evals"] = key, st["step"], 0
-                            best_state = {k: v.detach().cpu().clone()
-                                          for k, v in self.student.state_dict().items()}
-                        else:
-                            st["bad_evals"] += 1
-                        if c.patience is not None and st["bad_evals"] >= c.patience:
-                            done = True
-                    st["train_time"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    if (c.checkpoint_every and st["step"] % c.checkpoint_every == 0) or epoch_end or done:
-                        self._save_checkpoint({
-                            "model": self.student.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "state": st, "rng": _rng_state(),
-                            "best_state": best_state, "config": asdict(c)})
-                    for cb in self.callbacks:
-                        cb(self, st["step"])
-                    if done:
-                        stop = True
-                        break
-                    if epoch_end:  # the next epoch draws its own shuffle order
-                        break
+            done = self.state.step >= self.total
+            while not done:
+                done = self._epoch(bar)
         finally:
             if bar is not None:
                 bar.close()
-        if best_state is not None:  # the returned and saved student is the best on dev
-            self.student.load_state_dict(best_state)
-        self.state = st
-        return self._finish(st)
+        if self.best_state is not None:  # the returned and saved student is the best on dev
+            self.student.load_state_dict(self.best_state)
+        return self.finish()
 
-    def _finish(self, st) -> dict:
-        c = self.cfg
-        res = {"name": self.name, "loss": self.loss_name if isinstance(self.loss_name, str) else "custom",
-               "steps": st["step"], "epochs_done": st["epoch"] + st["pos"] / max(1, self._steps_per_epoch()),
-               "train_time_s": st["train_time"], "world_size": self.world,
-               "train_examples_per_s": st["examples"] / max(1e-9, st["train_time"]),
-               "best_dev": st["best"], "best_step": st["best_step"], "dev_evals": st["evals"],
-               "loss_history": st["history"], "config": asdict(c),
+    def finish(self) -> dict:
+        """Final evaluation, results and (rank 0) the files in ``out_dir``."""
+        c, st = self.cfg, self.state
+        res = {"name": self.name, "loss": self.loss_name, "steps": st.step,
+               "epochs_done": st.epoch + st.pos / max(1, self._steps_per_epoch()),
+               "train_time_s": st.train_time, "world_size": self.world,
+               "train_examples_per_s": st.examples / max(1e-9, st.train_time),
+               "best_dev": st.best, "best_step": st.best_step, "dev_evals": st.evals,
+               "loss_history": st.history, "config": asdict(c),
                "parameters": sum(p.numel() for p in self.student.parameters())}
         if self.test_data and "label" in self.test_data[0]:
             res["test"] = self.evaluate(self.test_data)
         if self.dev_data:
             res["dev"] = self.evaluate(self.dev_data)
+        res.update(self.meta)
         if self.out_dir is not None and self.rank == 0:
-            self._save_student()
+            self.save_student()
             from kdfast.distill.report import write_report
 
             write_report(self.out_dir, res)

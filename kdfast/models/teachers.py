@@ -70,10 +70,34 @@ class TeacherClassifier(nn.Module):
         """``(logits, sentence vector of kind vector)`` from one encoder pass (vector=None: no vector)."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
-        pooled = self._pool(out, attention_mask, self.pooling)
-        vec = None if vector is None else (pooled if vector == self.pooling
-                                           else self._pool(out, attention_mask, vector))
-        return self.head(self.dropout(pooled)), vec
+        return self.head_logits(out, attention_mask), (
+            None if vector is None else self._pool(out, attention_mask, vector))
+
+    def head_logits(self, encoder_out, attention_mask, *, detach_head: bool = False):
+        """The task head on an encoder output (pooling, dropout, Linear). ``detach_head``: the
+        head's weights take no gradient (importance scoring of the encoder)."""
+        pooled = self._pool(encoder_out, attention_mask, self.pooling)
+        if detach_head:
+            return torch.nn.functional.linear(pooled, self.head.weight.detach(),
+                                              self.head.bias.detach())
+        return self.head(self.dropout(pooled))
+
+    def taps(self, batch, needs, *, vector: str | None = None) -> dict:
+        """What a distillation loss reads from this teacher (``needs`` within ``{"logits",
+        "vector"}``), from one encoder pass over a collated batch."""
+        unknown = set(needs) - {"logits", "vector"}
+        if unknown:
+            raise ValueError(f"a TeacherClassifier gives logits and a sentence vector, not "
+                             f"{sorted(unknown)} (wrap it in kdfast.models.TeacherTaps)")
+        mask = batch["t_attention_mask"]
+        out = self.encoder(input_ids=batch["t_input_ids"], attention_mask=mask,
+                           token_type_ids=batch.get("t_token_type_ids"))
+        res = {}
+        if "logits" in needs:
+            res["logits"] = self.head_logits(out, mask)
+        if "vector" in needs:
+            res["vector"] = self._pool(out, mask, vector or self.pooling)
+        return res
 
     @staticmethod
     def _pool(out, attention_mask, kind):
@@ -150,3 +174,35 @@ def teacher_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_teacher_path(name_or_path))
+
+
+def load_encoder(teacher, *, architecture: bool = False):
+    """``(model, path or None)``: a pre-trained (not fine-tuned) encoder, for general /
+    task-agnostic distillation and extraction. ``teacher``: ``minilm-l6``, a directory or hub
+    name (a BertModel; ``architecture=True`` loads the checkpoint's own BERT class instead,
+    e.g. BertForMaskedLM with its MLM head), a TeacherClassifier (its encoder) or a model."""
+    import transformers
+
+    if isinstance(teacher, TeacherClassifier):
+        return teacher.encoder, None
+    if isinstance(teacher, nn.Module):
+        return teacher, None
+    path = resolve_teacher_path(str(teacher))
+    try:
+        if not architecture:
+            return transformers.AutoModel.from_pretrained(path), path
+        config = transformers.AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise ValueError(f"cannot load teacher {teacher!r}: {e}") from None
+    arch = (getattr(config, "architectures", None) or ["BertModel"])[0]
+    cls = getattr(transformers, arch, None)
+    if cls is None or not arch.startswith("Bert"):
+        raise ValueError(f"teacher {path} is a {arch}, not a BERT model")
+    return cls.from_pretrained(path), path
+
+
+def load_bert(name_or_path: str):
+    """``(model, tokenizer, path)`` for a pre-trained BERT checkpoint (its own architecture):
+    ``minilm-l6``, a local directory or a hub name."""
+    model, path = load_encoder(name_or_path, architecture=True)
+    return model, teacher_tokenizer(path), path

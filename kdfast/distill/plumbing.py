@@ -1,0 +1,149 @@
+"""What every recipe does the same way: the task, the teacher and its tokenizer (loaded once),
+the task's training sentences, option checks, the output directory (checked once, before
+anything is written; :mod:`kdfast.distill.outputs`) and the results (rank 0, atomically)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdfast.data.tasks import Task, load_task
+from kdfast.data.tokenize import encode
+from kdfast.distill import outputs
+from kdfast.distill.trainer import TrainConfig, is_rank0
+from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
+
+__all__ = ["as_task", "check_choice", "check_positive_int", "check_probability", "device",
+           "encode_split", "load_teacher_and_tokenizer", "output_dir", "sentences_from",
+           "train_config", "training_sentences", "write_results"]
+
+
+# ------------------------------------------------------------------------- option checks
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_positive_int(name: str, value, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_probability(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+def train_config(defaults: dict, *overrides) -> TrainConfig:
+    """The recipe's training defaults updated by ``overrides`` (dicts; None values are
+    skipped), validated: a bad option fails here, before the recipe writes anything."""
+    merged = dict(defaults)
+    for o in overrides:
+        merged.update({k: v for k, v in (o or {}).items() if v is not None})
+    return TrainConfig.build(merged)
+
+
+# ------------------------------------------------------------------------- task and teacher
+def as_task(task, seed: int = 0) -> Task:
+    """A :class:`~kdfast.data.tasks.Task` (given, or loaded by name)."""
+    return task if isinstance(task, Task) else load_task(task, seed=seed)
+
+
+def training_sentences(task: Task) -> list[str]:
+    """The task's training sentences, both sides of pairs, each once (first occurrence order):
+    the default unlabelled text of SRA stage 1, general distillation and task-agnostic ETD."""
+    return list(dict.fromkeys(task.train.texts + (task.train.texts_b or [])))
+
+
+def sentences_from(unlabelled, task: Task | None = None, *, seed: int = 0) -> list[str]:
+    """Unlabelled sentences: ``unlabelled`` is a list of sentences, or of sources for
+    :func:`kdfast.data.tasks.unlabelled_sentences` (task names, ``text:PATH``); None gives
+    the task's training sentences. Raises ValueError when there are none."""
+    from kdfast.data.tasks import OFFLINE, unlabelled_sentences
+
+    if unlabelled is None:
+        if task is None:
+            raise ValueError("give unlabelled sentences (unlabelled=) or a task")
+        sentences = training_sentences(task)
+    elif isinstance(unlabelled, str):
+        raise TypeError("unlabelled must be a list of sentences or of sources, not a string")
+    elif unlabelled and all(isinstance(s, str) and (
+            s.startswith("text:") or s in OFFLINE or s.split(":", 1)[0] in ("csv", "tsv", "jsonl"))
+            for s in unlabelled):
+        sentences = unlabelled_sentences(list(unlabelled), seed=seed)
+    else:
+        sentences = [s for s in unlabelled if isinstance(s, str) and s.strip()]
+    if not sentences:
+        raise ValueError("unlabelled: no sentences were given")
+    return sentences
+
+
+def load_teacher_and_tokenizer(teacher, tokenizer=None, *, num_labels=None,
+                               need_head: bool = False, encoder: bool = False):
+    """``(model, tokenizer, path or None)``, loaded once per recipe.
+
+    ``encoder=False``: a :class:`~kdfast.models.TeacherClassifier` (``need_head``: it must
+    carry a fine-tuned head with ``num_labels`` labels). ``encoder=True``: a pre-trained
+    encoder (general distillation, task-agnostic ETD). An in-memory teacher needs
+    ``tokenizer=``."""
+    if encoder:
+        model, path = load_encoder(teacher)
+        vocab = model.config.vocab_size
+    elif isinstance(teacher, TeacherClassifier):
+        model, path = teacher, None
+        vocab = model.vocab_size
+    else:
+        path = resolve_teacher_path(str(teacher))
+        model = load_teacher(path, None if need_head else num_labels)
+        vocab = model.vocab_size
+    if tokenizer is None:
+        if path is None:
+            raise ValueError("pass tokenizer= with an in-memory teacher")
+        from kdfast.models.teachers import teacher_tokenizer
+
+        tokenizer = teacher_tokenizer(path)
+    if not encoder and need_head and not model.has_trained_head:
+        raise ValueError("the teacher has no fine-tuned task head: run `kdfast finetune` first "
+                         "(or pass the directory it wrote)")
+    if not encoder and need_head and num_labels is not None and model.num_labels != num_labels:
+        raise ValueError(f"the teacher has {model.num_labels} labels but the task has {num_labels}")
+    if len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the teacher's vocabulary "
+                         f"has {vocab}: teacher/tokenizer vocabulary mismatch")
+    return model, tokenizer, path
+
+
+def encode_split(tokenizer, split, max_len: int, *, student: bool = True, teacher: bool = True,
+                 labels: bool = True):
+    return encode(tokenizer, split.texts, split.texts_b, split.labels if labels else None,
+                  max_len=max_len, student=student, teacher=teacher)
+
+
+def device(name=None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# ------------------------------------------------------------------------- outputs
+def check_out(out_dir, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Looks at the output directory under the rules of :mod:`kdfast.distill.outputs`
+    (writes nothing): call it with the option checks, before any work."""
+    if out_dir is not None and is_rank0():
+        outputs.check_output_dir(out_dir, overwrite=overwrite, resume=resume)
+
+
+def output_dir(out_dir, *, overwrite: bool = False, resume: bool = False) -> Path | None:
+    """The recipe's top-level output directory, checked once and created (rank 0); stages
+    write into subdirectories of it."""
+    if out_dir is None:
+        return None
+    if is_rank0():
+        return outputs.prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    return Path(out_dir)
+
+
+def write_results(out_dir, res: dict, name: str = "results.json") -> None:
+    """``out_dir/name`` as JSON, atomically, on rank 0 only."""
+    if out_dir is not None and is_rank0():
+        outputs.atomic_write_json(Path(out_dir) / name, res)

@@ -1,0 +1,340 @@
+"""Tang et al. 2019 (METHODS.md s.1): distil a fine-tuned teacher into a (siamese) BiLSTM.
+
+1. Transfer set: the training sentences plus ``n_iter`` augmented copies each (masking,
+   POS-guided replacement, n-gram sampling), every example labelled with the teacher's
+   logits (:func:`transfer_set`, cached in ``out_dir/transfer.pt``).
+2. The student: word embeddings (the teacher's input embeddings, a word2vec/GloVe file or
+   random) -> BiLSTM -> Linear -> ReLU -> Linear (:func:`build_student`).
+3. Training: ``alpha * CE + (1 - alpha) * ||z_T - z_S||^2`` (``loss="mse"``; ``kl`` /
+   ``soft_ce`` with a temperature), AdaDelta; ``loss="ce"`` trains on the hard labels alone.
+
+Word vectors (a documented choice): the student reads the teacher's WordPiece vocabulary and
+its embeddings start from the teacher's input embeddings (``embeddings="teacher"``), unless a
+word2vec/GloVe file is given (``embeddings=PATH``) or ``embeddings="random"``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdfast.data.tokenize import collate, encode, length_batches, to_device
+from kdfast.distill import outputs, plumbing
+from kdfast.distill.objectives import HardLabelLoss, LogitLoss
+from kdfast.distill.trainer import Distiller, TrainConfig, init_distributed
+from kdfast.models.teachers import TeacherClassifier
+from kdfast.nn.students import (
+    EMBEDDING_MODES,
+    POOLINGS,
+    BiLSTMClassifier,
+    SiameseBiLSTMClassifier,
+    SRAEncoder,
+)
+
+TANG_LOSSES = ("mse", "kl", "soft_ce", "ce")
+TANG_TRAIN = dict(epochs=10, batch_size=50, optimizer="adadelta", lr=1.0, rho=0.95, alpha=0.0,
+                  patience=3)
+
+
+# ------------------------------------------------------------------------- teacher outputs
+@torch.inference_mode()
+def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None = None,
+                    batch_size: int = 128, device=None, progress: bool = False, bf16=None):
+    """Teacher logits [N, C] (and sentence vectors [N, H] if ``vector``) for examples.
+    ``bf16``: autocast to bfloat16 (default: on a GPU only; True also on a CPU)."""
+    device = plumbing.device(device)
+    teacher.to(device).eval()
+    logits = [None] * len(examples)
+    vecs = [None] * len(examples)
+    batches = length_batches(examples, batch_size, "t_ids")
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc="teacher", unit="batch", leave=False)
+    needs = ("logits", "vector") if vector else ("logits",)
+    for idx in it:
+        b = to_device(collate([examples[i] for i in idx]), device)
+        with torch.autocast(device.type, torch.bfloat16,
+                            enabled=device.type == "cuda" if bf16 is None else bool(bf16)):
+            out = teacher.taps(b, needs, vector=vector)
+        lg = out["logits"].float().cpu()
+        v = out["vector"].float().cpu() if vector else None
+        for j, i in enumerate(idx):
+            logits[i] = lg[j]
+            if v is not None:
+                vecs[i] = v[j]
+    return torch.stack(logits), (torch.stack(vecs) if vector else None)
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _teacher_id(teacher, path):
+    if path is not None:
+        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        # the weight files' names, sizes and times (not the path: a copied directory matches)
+        return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] or [str(path)]
+    # an in-memory teacher: a cheap digest of its weights
+    with torch.no_grad():
+        return [float(sum(p.double().sum() for p in teacher.parameters()))]
+
+
+def transfer_set(teacher, tokenizer, split, *, cache=None, device=None, **kw):
+    """Tang et al.'s transfer set: the training sentences plus their augmentations, each with
+    the teacher's logits (``t_logits``; and sentence vector ``t_vec`` if ``vector``) and a
+    label (the gold label for originals, the teacher's argmax for augmented ones).
+    Returns ``(examples, stats)``.
+
+    Written atomically to ``cache`` (a ``.pt`` file) and reused when the teacher, data and
+    settings match; a truncated cache is a ValueError naming the file. Under torchrun, rank 0
+    builds and caches it while the other ranks wait, then read it."""
+    dist = init_distributed(plumbing.device(device).type)
+    if dist is None or cache is None:
+        return _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
+    if dist.get_rank() == 0:
+        out = _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
+        dist.barrier()
+        return out
+    dist.barrier()
+    return _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
+
+
+def _transfer_set(teacher, tokenizer, split, *, cache=None, augment: bool = True, n_iter=None,
+                  p_mask=0.1, p_pos=0.1, p_ng=0.25, max_ngram=5, seed=0, max_len=64,
+                  vector: str | None = None, teacher_path=None, device=None, progress=False,
+                  bf16=None):
+    from kdfast.data.augment import Augmenter
+
+    pair = split.texts_b is not None
+    n_iter = (10 if pair else 20) if n_iter is None else n_iter
+    key = _fingerprint(_teacher_id(teacher, teacher_path), split.texts, split.texts_b, augment,
+                       n_iter, p_mask, p_pos, p_ng, max_ngram, seed, max_len, vector, bf16)
+    if cache is not None and Path(cache).is_file():
+        saved = outputs.load_checked(cache, what="transfer-set cache", weights_only=False)
+        if not isinstance(saved, dict) or "key" not in saved:
+            raise ValueError(f"cannot read the transfer-set cache {cache}: it is not a kdfast "
+                             "transfer set; delete it or choose another cache path")
+        if saved["key"] == key:
+            return _transfer_examples(tokenizer, saved, max_len), saved["stats"]
+    t0 = time.perf_counter()
+    texts_a, texts_b, gold = list(split.texts), None if not pair else list(split.texts_b), list(split.labels)
+    n_aug = 0
+    if augment and n_iter > 0:
+        aug = Augmenter(split.texts + (split.texts_b or []), p_mask=p_mask, p_pos=p_pos, p_ng=p_ng,
+                        max_ngram=max_ngram, n_iter=n_iter, seed=seed)
+        samples = aug.augment(split.texts, split.texts_b)
+        n_aug = len(samples)
+        texts_a += [s[1] for s in samples]
+        if pair:
+            texts_b += [s[2] for s in samples]
+        gold += [None] * n_aug
+    t_aug = time.perf_counter() - t0
+    ex = encode(tokenizer, texts_a, texts_b, None, max_len=max_len, student=False)
+    logits, vecs = teacher_outputs(teacher, ex, vector=vector, device=device, progress=progress,
+                                   bf16=bf16)
+    labels = [g if g is not None else int(a) for g, a in zip(gold, logits.argmax(-1).tolist())]
+    if logits.shape[-1] == 1:  # regression: the label is the teacher's prediction
+        labels = [g if g is not None else float(v) for g, v in zip(gold, logits[:, 0].tolist())]
+    stats = {"originals": len(split), "augmented": n_aug, "augment_s": t_aug,
+             "teacher_s": time.perf_counter() - t0 - t_aug, "n_iter": n_iter}
+    saved = {"key": key, "texts_a": texts_a, "texts_b": texts_b, "labels": labels,
+             "logits": logits, "vecs": vecs, "stats": stats}
+    if cache is not None:
+        outputs.atomic_save(saved, cache)
+    return _transfer_examples(tokenizer, saved, max_len), stats
+
+
+def _transfer_examples(tokenizer, saved, max_len):
+    ex = encode(tokenizer, saved["texts_a"], saved["texts_b"], saved["labels"], max_len=max_len,
+                teacher=False)
+    lg = saved["logits"].tolist()
+    vecs = None if saved["vecs"] is None else saved["vecs"].tolist()
+    for i, e in enumerate(ex):
+        e["t_logits"] = lg[i]
+        if vecs is not None:
+            e["t_vec"] = vecs[i]
+    return ex
+
+
+# ------------------------------------------------------------------------- students
+def check_student_options(*, embeddings="teacher", embedding_mode="non-static",
+                          lstm_hidden_size=None, fc_size=None, pooling=None, num_layers=1,
+                          dropout=0.1) -> None:
+    """ValueErrors naming the argument, before any work."""
+    plumbing.check_choice("embedding_mode", embedding_mode, EMBEDDING_MODES)
+    if pooling is not None:
+        plumbing.check_choice("pooling", pooling, POOLINGS)
+    plumbing.check_positive_int("lstm_hidden_size", lstm_hidden_size, none_ok=True)
+    plumbing.check_positive_int("fc_size", fc_size, none_ok=True)
+    plumbing.check_positive_int("num_layers", num_layers)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+    if not isinstance(embeddings, (str, Path)):
+        raise ValueError(f"embeddings must be 'teacher', 'random' or a word-vector file, got "
+                         f"{embeddings!r}")
+    if embeddings not in ("teacher", "random") and not Path(embeddings).expanduser().is_file():
+        raise FileNotFoundError(f"embeddings: no word-vector file {embeddings} (or give "
+                                "'teacher' or 'random')")
+    if embeddings == "random" and embedding_mode in ("static", "multichannel"):
+        raise ValueError(f"embedding_mode {embedding_mode!r} needs pre-trained vectors, "
+                         "not embeddings='random'")
+
+
+def student_embeddings(embeddings, teacher, tokenizer, seed=0):
+    """(weights or None, embed_dim) for ``embeddings`` = ``teacher`` | ``random`` | PATH."""
+    if embeddings == "teacher":
+        w = teacher.input_embeddings().detach().float().cpu().clone()
+        return w, w.shape[1]
+    if embeddings == "random":
+        return None, None
+    from kdfast.data.vectors import load_word_vectors
+
+    w, found = load_word_vectors(embeddings, tokenizer.get_vocab(), seed=seed)
+    if w.shape[0] < teacher.vocab_size:  # tokenizer smaller than the embedding table
+        w = torch.cat([w, torch.zeros(teacher.vocab_size - w.shape[0], w.shape[1])])
+    print(f"kdfast: {found} of {len(tokenizer)} vocabulary entries found in {embeddings}")
+    return w, w.shape[1]
+
+
+def build_student(kind, teacher, tokenizer, num_labels, *, embeddings="teacher", embed_dim=300,
+                  lstm_hidden_size=None, fc_size=None, pooling=None, embedding_mode="non-static",
+                  num_layers=1, dropout=0.1, pair=False, seed=0):
+    """A Tang student (``kind="tang"``) or an SRA encoder (``kind="sra"``); BiLSTM width
+    ``lstm_hidden_size`` (default 150 single, 300 pairs)."""
+    check_student_options(embeddings=embeddings, embedding_mode=embedding_mode,
+                          lstm_hidden_size=lstm_hidden_size, fc_size=fc_size, pooling=pooling,
+                          num_layers=num_layers, dropout=dropout)
+    torch.manual_seed(seed)
+    w, dim = student_embeddings(embeddings, teacher, tokenizer, seed)
+    dim = dim or embed_dim
+    hidden = lstm_hidden_size if lstm_hidden_size is not None else (300 if pair else 150)
+    common = dict(vocab_size=teacher.vocab_size, embed_dim=dim, hidden_size=hidden,
+                  num_layers=num_layers, embedding_mode=embedding_mode,
+                  padding_idx=tokenizer.pad_token_id or 0)
+    if kind == "sra":
+        model = SRAEncoder(teacher_hidden=teacher.encoder.config.hidden_size,
+                           pooling=pooling or "max", **common)
+    else:
+        cls = SiameseBiLSTMClassifier if pair else BiLSTMClassifier
+        model = cls(num_labels=num_labels, fc_size=fc_size or (400 if pair else 200),
+                    pooling=pooling or "last", dropout=dropout, **common)
+    if w is not None:
+        model.encoder.init_embeddings(w)
+    return model
+
+
+# ------------------------------------------------------------------------- the recipe
+@dataclass
+class TangOptions:
+    """Tang's options besides the training ones (see :func:`tang`); ``check`` validates."""
+    loss: str = "mse"
+    augment: bool = True
+    n_iter: int | None = None
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    alpha: float = 0.0
+    temperature: float = 1.0
+    transfer_cache: object = None
+    embeddings: object = "teacher"
+    embedding_mode: str = "non-static"
+    lstm_hidden_size: int | None = None
+    fc_size: int | None = None
+    pooling: str | None = None
+    num_layers: int = 1
+    dropout: float = 0.1
+    max_len: int = 64
+    teacher_bf16: bool | None = None
+
+    @classmethod
+    def split(cls, kwargs: dict):
+        """``(TangOptions fields, the rest)`` of a keyword dict."""
+        names = set(cls.__dataclass_fields__)
+        return ({k: v for k, v in kwargs.items() if k in names},
+                {k: v for k, v in kwargs.items() if k not in names})
+
+    def check(self, *, student_given: bool = False) -> "TangOptions":
+        plumbing.check_choice("tang loss", self.loss, TANG_LOSSES)
+        plumbing.check_positive_int("n_iter", self.n_iter, none_ok=True)
+        for name in ("p_mask", "p_pos", "p_ng", "alpha"):
+            plumbing.check_probability(name, getattr(self, name))
+        if self.p_mask + self.p_pos > 1:
+            raise ValueError(f"p_mask + p_pos must be <= 1, got {self.p_mask + self.p_pos}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        plumbing.check_positive_int("max_len", self.max_len)
+        if not student_given:
+            check_student_options(embeddings=self.embeddings, embedding_mode=self.embedding_mode,
+                                  lstm_hidden_size=self.lstm_hidden_size, fc_size=self.fc_size,
+                                  pooling=self.pooling, num_layers=self.num_layers,
+                                  dropout=self.dropout)
+        return self
+
+    def train_config(self, task_is_pair: bool | None, train: dict) -> TrainConfig:
+        batch = {"batch_size": 256 if task_is_pair else 50} if task_is_pair is not None else {}
+        return plumbing.train_config(TANG_TRAIN, batch, {"alpha": self.alpha,
+                                                         "temperature": self.temperature}, train)
+
+
+def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_iter=None,
+         p_mask=0.1, p_pos=0.1, p_ng=0.25, alpha=0.0, temperature=1.0, transfer_cache=None,
+         embeddings="teacher", embedding_mode="non-static", lstm_hidden_size=None, fc_size=None,
+         pooling=None, num_layers=1, dropout=0.1, max_len=64, seed=0, overwrite=False,
+         resume=False, student=None, progress=True, teacher_bf16=None, **train):
+    """Tang et al.: distil a fine-tuned teacher into a (siamese) BiLSTM on the augmented
+    transfer set with ``alpha * CE + (1 - alpha) * soft``, soft = ``loss`` (mse | kl | soft_ce),
+    or train it on the hard labels alone with ``loss="ce"`` (the baseline; no augmentation).
+    Returns ``(student, results)``; ``out_dir`` gets ``student/``, ``results.json``,
+    ``report.md`` and the cached ``transfer.pt``."""
+    opts = TangOptions(loss, augment, n_iter, p_mask, p_pos, p_ng, alpha, temperature,
+                       transfer_cache, embeddings, embedding_mode, lstm_hidden_size, fc_size,
+                       pooling, num_layers, dropout, max_len, teacher_bf16).check(
+                           student_given=student is not None)
+    opts.train_config(False, dict(train, seed=seed, progress=progress))  # fails early
+    plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
+    task = plumbing.as_task(task, seed)
+    cfg = opts.train_config(task.is_pair, dict(train, seed=seed, progress=progress,
+                                               metric=train.get("metric") or task.metric))
+    t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
+        teacher, tokenizer, num_labels=task.num_labels, need_head=loss != "ce")
+    if student is None:
+        student = build_student("tang", t_model, tokenizer, task.num_labels,
+                                embeddings=embeddings, embedding_mode=embedding_mode,
+                                lstm_hidden_size=lstm_hidden_size, fc_size=fc_size,
+                                pooling=pooling, num_layers=num_layers, dropout=dropout,
+                                pair=task.is_pair, seed=seed)
+    out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
+    return run_tang(t_model, tokenizer, t_path, task, out, student, opts, cfg, seed=seed,
+                    resume=resume, progress=progress)
+
+
+def run_tang(t_model, tokenizer, t_path, task, out_dir, student, opts: TangOptions,
+             cfg: TrainConfig, *, seed=0, resume=False, progress=True):
+    """Tang's steps 1 and 3 into an output directory that the caller prepared."""
+    dev = plumbing.encode_split(tokenizer, task.dev, opts.max_len, teacher=False)
+    test = plumbing.encode_split(tokenizer, task.test, opts.max_len, teacher=False)
+    stats = None
+    if opts.loss == "ce":
+        train_data = plumbing.encode_split(tokenizer, task.train, opts.max_len, teacher=False)
+        loss = HardLabelLoss()
+    else:
+        cache = opts.transfer_cache or (Path(out_dir) / "transfer.pt" if out_dir else None)
+        train_data, stats = transfer_set(t_model, tokenizer, task.train, cache=cache,
+                                         augment=opts.augment, n_iter=opts.n_iter,
+                                         p_mask=opts.p_mask, p_pos=opts.p_pos, p_ng=opts.p_ng,
+                                         seed=seed, max_len=opts.max_len, teacher_path=t_path,
+                                         progress=progress, bf16=opts.teacher_bf16)
+        loss = LogitLoss(opts.loss, opts.alpha, opts.temperature)
+    d = Distiller(None, student, loss, train_data=train_data, dev_data=dev, test_data=test,
+                  out_dir=out_dir, tokenizer=tokenizer, resume=resume, stage=True,
+                  name="student", config=cfg, meta={"transfer_set": stats})
+    return student, d.train()
