@@ -114,8 +114,10 @@ class TrainConfig:
         positive_int("batch_size", self.batch_size, none_ok=False)
         positive_int("eval_batch_size", self.eval_batch_size, none_ok=False)
         positive_int("log_every", self.log_every, none_ok=False)
-        if self.max_steps is None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise ValueError(f"epochs must be > 0 (or give max_steps), got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
+                or not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0 (max_steps, when given, stops earlier), got "
+                             f"{self.epochs!r}")
         positive_int("max_steps", self.max_steps)
         positive_int("eval_every", self.eval_every)
         positive_int("patience", self.patience)

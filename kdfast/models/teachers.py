@@ -101,6 +101,8 @@ class TeacherClassifier(nn.Module):
 
     @staticmethod
     def _pool(out, attention_mask, kind):
+        if kind not in POOLINGS:
+            raise ValueError(f"sentence vector must be one of {POOLINGS}, got {kind!r}")
         if kind == "pooler":
             if getattr(out, "pooler_output", None) is None:
                 raise ValueError("this encoder has no pooler; use pooling 'cls' or 'mean'")
