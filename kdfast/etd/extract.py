@@ -53,11 +53,11 @@ def _positive(name, value) -> int:
 
 
 def _layers(selection, n_teacher: int, m: int) -> list[int]:
-    if selection == "uniform":
+    if isinstance(selection, str) and selection == "uniform":
         return [int(math.floor((i + 1) * n_teacher / m + 0.5)) - 1 for i in range(m)]
-    if selection == "first":
+    if isinstance(selection, str) and selection == "first":
         return list(range(m))
-    if selection == "last":
+    if isinstance(selection, str) and selection == "last":
         return list(range(n_teacher - m, n_teacher))
     what = (f"layer_selection must be 'uniform', 'first', 'last' or a list of {m} distinct, "
             f"increasing int teacher layer indices in [0, {n_teacher})")

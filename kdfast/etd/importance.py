@@ -86,7 +86,8 @@ class MaskedProxyLoss:
         if mask_token_id is not None and (isinstance(mask_token_id, bool)
                                           or not isinstance(mask_token_id, int)
                                           or mask_token_id < 0):
-            raise ValueError(f"mask_token_id must be a token id >= 0 or None, got {mask_token_id!r}")
+            raise ValueError("mask_token_id must be a token id >= 0 or None, "
+                             f"got {mask_token_id!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.mask_prob = float(mask_prob)

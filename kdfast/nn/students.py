@@ -107,7 +107,8 @@ def _check_ids(ids, lengths, vocab_size, suffix=""):
     sync for the ranges: an out-of-range id would be a device assert on CUDA."""
     name = "ids" + suffix
     if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, T] of token ids, got {type(ids).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor [B, T] of token ids, "
+                        f"got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {ids.dtype}")
     if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:

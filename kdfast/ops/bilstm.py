@@ -118,7 +118,8 @@ def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
         raise ValueError(f"x must have input_size={in_size} features in its last dim (the "
                          f"width of weights[0]), got shape {tuple(x.shape)}")
     if hidden < 1:
-        raise ValueError(f"hidden size must be >= 1, got weights[1] of shape {tuple(weights[1].shape)}")
+        raise ValueError("hidden size must be >= 1, got weights[1] of shape "
+                         f"{tuple(weights[1].shape)}")
     for k, w in enumerate(weights):
         layer, kind = divmod(k, per_dir)
         layer //= 2
@@ -170,8 +171,9 @@ def bilstm(x, weights, lengths=None, hx=None, *, num_layers: int = 1, bias: bool
     """Bidirectional LSTM, ``(output, (h_n, c_n))`` as ``nn.LSTM(bidirectional=True)``."""
     weights, lengths, padded = _check(x, weights, lengths, hx, num_layers, bias, batch_first,
                                       dropout)
-    name = _backend.resolve(backend, x.device, _PREFERENCE)
-    if name not in ("cpu", "cuda"):  # "reference", or "triton" forced by KDFAST_BACKEND
+    # The shared rule: KDFAST_BACKEND=triton (no Triton BiLSTM) falls back to the auto pick.
+    name = _backend.resolve(backend, x.device, _PREFERENCE, family="bilstm")
+    if name == "reference":
         return _reference(x, weights, lengths, hx, num_layers, bias, batch_first, dropout,
                           training)
     unbatched = x.dim() == 2

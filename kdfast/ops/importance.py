@@ -57,17 +57,14 @@ def check(act, grad, units) -> None:
 
 
 # No Triton kernel for this family (the reduction is memory-trivial): the C++ kernels, then
-# the reference. What a forced backend outside this list does is the shared rule of
-# kdfast.ops._backend.resolve.
+# the reference. The shared rule of kdfast.ops._backend.resolve applies: backend="triton"
+# raises ValueError, KDFAST_BACKEND=triton falls back to what "auto" picks.
 _PREFERENCE = {"cuda": ("cuda", "reference"), "cpu": ("cpu", "reference")}
 
 
 def resolve(backend: str, device: torch.device) -> str:
     """The backend unit_taylor runs on ``device`` ('cpu', 'cuda' or 'reference')."""
-    name = _backend.resolve(backend, device, _PREFERENCE)
-    if name not in ("cpu", "cuda"):
-        return "reference"  # "reference", or "triton" forced where the shared rule allows it
-    return name
+    return _backend.resolve(backend, device, _PREFERENCE, family="unit_taylor")
 
 
 def unit_taylor(act: torch.Tensor, grad: torch.Tensor, units: int | None = None,
