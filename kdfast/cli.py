@@ -380,7 +380,8 @@ def cmd_extract(o) -> int:
 
     from kdfast.distill.outputs import MARKER, atomic_save_dir
     from kdfast.etd import extract, importance
-    from kdfast.etd.cli import load_teacher, make_batches
+    from kdfast.data.tokenize import make_batches
+    from kdfast.models.teachers import load_bert
 
     if o["strategy"] == "none":
         raise ValueError("--strategy none (a random init) is an etd option, not an extraction")
@@ -391,7 +392,7 @@ def cmd_extract(o) -> int:
     if o["strategy"] == "impt" and not o["task"]:
         raise ValueError("--strategy impt needs --task (the sentences to score importance on)")
     device = o["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, tokenizer, _ = load_teacher(o["teacher"])
+    teacher, tokenizer, _ = load_bert(o["teacher"])
     teacher.to(device)
     imp = None
     if o["strategy"] == "impt":
@@ -497,7 +498,7 @@ COMMANDS = {
                           "backend", "device") + ("config", "out", "overwrite", "progress"),
                        frozenset({"teacher", "out"})),
     "eval": Command(cmd_eval, "test metric, parameters and throughput of a saved model",
-                    ("model",) + TASK + ("split", "batch_size", "device", "config"),
+                    ("model",) + TASK + ("split", "seed", "batch_size", "device", "config"),
                     frozenset({"model", "task"})),
     "bench": Command(cmd_bench, "run a kernel microbenchmark suite"),
 }
@@ -677,6 +678,10 @@ def main(argv=None) -> int:
         prog = f"kdfast {args.path}"
         o = resolve_options(args)
         check_before_running(o)
+        if o.get("progress") is False:  # transformers' own bars too ("Loading weights")
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         return int(COMMANDS[args.path].run(o) or 0)
     except USER_ERRORS as e:
         if debug:

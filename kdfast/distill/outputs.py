@@ -139,6 +139,7 @@ def load_checked(path, *, what: str = "file", **kwargs):
     except FileNotFoundError:
         raise
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        detail = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
         raise ValueError(f"cannot read the {what} {path}: it is truncated or not a kdfast "
-                         f"file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         "delete it or start with --overwrite") from None
+                         f"file ({type(e).__name__}: {detail}); delete it or start with "
+                         "--overwrite") from None
