@@ -25,24 +25,12 @@ import torch
 from kdfast.data.tokenize import collate, encode
 from kdfast.distill import outputs, plumbing
 from kdfast.distill.objectives import check_pair
-from kdfast.distill.tinybert import (
-    GENERAL_TRAIN,
-    STEP1_TRAIN,
-    STEPS,
-    _check_common,
-    _general_plan,
-    _task_configs,
-    _task_plan,
-    teacher_taps,
-)
+from kdfast.distill.tinybert import STEP1_TRAIN, general_setup, task_setup, teacher_taps
 from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import TeacherClassifier
 from kdfast.models.transformer import TransformerStudent, as_classifier, base_bert, student_config
 
 STRATEGIES = ("impt", "rand", "none")
-TASK_OPTIONS = ("mode", "augment", "n_a", "p_t", "k", "mlm", "glove", "transfer_cache", "steps",
-                "step1", "step2", "temperature", "backend", "callbacks")
-GENERAL_OPTIONS = ("mode", "backend", "callbacks")
 
 
 def _importance_batches(examples, batch_size, num_batches, seed):
@@ -177,61 +165,39 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
     for name, v in (("hidden_size", hidden_size), ("num_heads", num_heads),
                     ("intermediate_size", intermediate_size)):
         plumbing.check_positive_int(name, v, none_ok=True)
-    _check_common(distill.get("mode", "exact"), style, max_len)
-    own = TASK_OPTIONS if task_specific else GENERAL_OPTIONS
-    kw = {k: v for k, v in distill.items() if k in own}
-    train = {k: v for k, v in distill.items() if k not in own}
-    if task_specific:
-        cfgs = _task_configs(kw.get("steps", STEPS), kw.get("step1"), kw.get("step2"), train,
-                             seed, progress, kw.get("n_a", 20), kw.get("p_t", 0.4),
-                             kw.get("k", 15), kw.get("temperature", 1.0))
-    else:
-        cfg = plumbing.train_config(GENERAL_TRAIN, dict(train, seed=seed, progress=progress))
-    plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-
+    callbacks = distill.pop("callbacks", ())
+    common = dict(tokenizer=tokenizer, style=style, seed=seed, progress=progress,
+                  max_len=max_len, **distill)
     task = plumbing.as_task(task, seed) if task is not None else None
     if task_specific:
         if task is None:
             raise ValueError("task-specific ETD needs a task")
-        t_model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
-            teacher, tokenizer, num_labels=task.num_labels, need_head=True)
+        run = task_setup(teacher, task, **common)  # checks every option, loads the teacher
     else:
         if unlabelled is None and task is None:
             raise ValueError("task-agnostic ETD needs unlabelled sentences (or a task)")
-        t_model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer,
-                                                                    encoder=True)
-    c = base_bert(t_model).config
+        sentences = plumbing.sentences_from(unlabelled, task, seed=seed)
+        run = general_setup(teacher, sentences, **common)
+    t_model, c = run.teacher, run.teacher_config
     sizes = dict(num_layers=num_layers, hidden_size=hidden_size or c.hidden_size,
                  num_heads=num_heads or c.num_attention_heads,
                  intermediate_size=intermediate_size or c.intermediate_size)
     _check_sizes(c, sizes, style, strategy)
+    plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
+
+    tokenizer = run.tokenizer
     if task_specific:
         examples = plumbing.encode_split(tokenizer, task.train, max_len, student=False)
     else:
-        sentences = plumbing.sentences_from(unlabelled, task, seed=seed)
         examples = encode(tokenizer, sentences, None, None, max_len=max_len, student=False)
     model, imp = extract_student(t_model, examples, strategy=strategy,
                                  task_specific=task_specific,
                                  importance_batches=importance_batches,
                                  batch_size=importance_batch_size, seed=seed, **sizes)
-    common = dict(tokenizer=tokenizer, mode=kw.get("mode", "exact"), style=style, seed=seed,
-                  backend=kw.get("backend", "auto"))
-    if task_specific:
-        st = wrap_student(model, c, style, task.num_labels)
-        plan = {k: v for k, v in kw.items() if k not in ("step1", "step2", "callbacks", "mode",
-                                                         "backend")}
-        run = _task_plan(t_model, task, student=st, max_len=max_len, **common, **{
-            "augment": True, "n_a": 20, "p_t": 0.4, "k": 15, "mlm": "auto", "glove": None,
-            "transfer_cache": None, "steps": STEPS, "temperature": 1.0, **plan})
-    else:
-        st = wrap_student(model, c, style)
-        run = _general_plan(t_model, sentences, student=st, max_len=max_len, **common)
+    st = wrap_student(model, c, style, task.num_labels if task_specific else None)
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
-    if task_specific:
-        st, res = run(out, cfgs, resume=resume, callbacks=kw.get("callbacks", ()))
-    else:
-        st, res = run(out / "general" if out else None, cfg, resume=resume,
-                      callbacks=kw.get("callbacks", ()))
+    stage_dir = out if task_specific or out is None else out / "general"
+    st, res = run(stage_dir, st, resume=resume, callbacks=callbacks)
     if imp is not None and out is not None and plumbing.is_rank0():
         outputs.atomic_save(imp.to_dict(), out / "importance.pt")
     res = {"strategy": strategy, "style": style, "task_specific": task_specific, "sizes": sizes,

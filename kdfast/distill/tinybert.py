@@ -16,18 +16,18 @@ forward per batch (:class:`~kdfast.models.TeacherTaps`).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from kdfast.data.tokenize import encode
 from kdfast.distill import plumbing
-from kdfast.distill.objectives import MODES, STYLES, TinyBERTLoss
+from kdfast.distill.objectives import MODES, STYLES, TinyBERTLoss, check_pair
 from kdfast.distill.trainer import Distiller
 from kdfast.models.transformer import (
     TeacherTaps,
     TransformerStudent,
     base_bert,
     build_transformer,
+    student_config,
 )
 
 STAGES = ("general", "task", "all")
@@ -100,56 +100,60 @@ def _check_common(mode, style, max_len):
     plumbing.check_positive_int("max_len", max_len)
 
 
+def check_student(student, teacher_config, style="tinybert") -> None:
+    """Checks a student (config dict, directory or model) against the teacher for the
+    intermediate losses, before any work (:func:`~kdfast.distill.objectives.check_pair`)."""
+    if isinstance(student, dict):
+        cfg = student_config(teacher_config, **student)
+    elif isinstance(student, (str, Path)):
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(student))
+    else:
+        cfg = base_bert(student).config
+    check_pair(teacher_config, cfg, style=style, projection=True)
+
+
 # ------------------------------------------------------------------------- general distillation
 def general_distill(teacher, sentences, out_dir, *, student, tokenizer=None, mode="exact",
                     style="tinybert", max_len: int = 128, seed: int = 0, overwrite=False,
                     resume=False, progress=True, backend="auto", callbacks=(), **train):
     """General distillation on unlabelled ``sentences``: returns ``(TransformerStudent,
     results)``; the student (a BertModel) is saved to ``out_dir/general/student``."""
+    run = general_setup(teacher, sentences, tokenizer=tokenizer, mode=mode, style=style,
+                        max_len=max_len, seed=seed, progress=progress, backend=backend, **train)
+    check_student(student, run.teacher_config, style)
+    plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
+    out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
+    return run(out / "general" if out else None, student, resume=resume, callbacks=callbacks)
+
+
+def general_setup(teacher, sentences, *, tokenizer=None, mode="exact", style="tinybert",
+                  max_len=128, seed=0, progress=True, backend="auto", **train):
+    """Checks the options and loads what general distillation needs (writes nothing);
+    returns ``run(out_dir, student, *, resume, callbacks) -> (student, results)``."""
     _check_common(mode, style, max_len)
     cfg = plumbing.train_config(GENERAL_TRAIN, dict(train, seed=seed, progress=progress))
-    plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-    run = _general_plan(teacher, sentences, student=student, tokenizer=tokenizer, mode=mode,
-                        style=style, max_len=max_len, seed=seed, backend=backend)
-    out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
-    return run(out / "general" if out else None, cfg, resume=resume, callbacks=callbacks)
-
-
-def _general_plan(teacher, sentences, *, student, tokenizer, mode, style, max_len, seed, backend):
-    """Loads and checks everything general distillation needs (writes nothing); returns
-    ``run(out_dir, cfg, resume, callbacks) -> (student, results)``."""
     enc, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer, encoder=True)
     t_cfg = base_bert(enc).config
-    st = transformer_student(student, t_cfg, None, style=style, seed=seed)
-    loss = TinyBERTLoss(st, t_cfg, stage="intermediate", mode=mode, style=style, backend=backend)
     data = encode(tokenizer, list(sentences), None, None, max_len=max_len, student=False)
     if not data:
         raise ValueError("general distillation needs unlabelled sentences; none were given")
 
-    def run(out_dir, cfg, *, resume=False, callbacks=()):
+    def run(out_dir, student, *, resume=False, callbacks=()):
+        st = transformer_student(student, t_cfg, None, style=style, seed=seed)
+        loss = TinyBERTLoss(st, t_cfg, stage="intermediate", mode=mode, style=style,
+                            backend=backend)
         d = Distiller(teacher_taps(enc, style), st, loss, train_data=data, out_dir=out_dir,
                       tokenizer=tokenizer, resume=resume, stage=True, callbacks=callbacks,
                       config=cfg)
         return st, d.train()
 
+    run.teacher, run.teacher_config, run.tokenizer = enc, t_cfg, tokenizer
     return run
 
 
 # ------------------------------------------------------------------------- task distillation
-def _task_configs(steps, step1, step2, train, seed, progress, n_a, p_t, k, temperature):
-    bad = set(steps) - set(STEPS)
-    if bad or not steps:
-        raise ValueError(f"steps must be a non-empty subset of {STEPS}, got {steps!r}")
-    plumbing.check_positive_int("n_a", n_a)
-    plumbing.check_probability("p_t", p_t)
-    plumbing.check_positive_int("k", k)
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    common = dict(train, seed=seed, progress=progress)
-    return (plumbing.train_config(STEP1_TRAIN, common, step1),
-            plumbing.train_config(STEP2_TRAIN, common, step2))
-
-
 def task_distill(teacher, task, out_dir, *, student, tokenizer=None, mode="exact",
                  style="tinybert", augment=True, n_a: int = 20, p_t: float = 0.4, k: int = 15,
                  mlm="auto", glove=None, transfer_cache=None, steps=STEPS, step1=None,
@@ -161,69 +165,85 @@ def task_distill(teacher, task, out_dir, *, student, tokenizer=None, mode="exact
     options); ``train`` options apply to both. Returns ``(TransformerStudent, results)``;
     students in ``out_dir/step1/student`` and ``out_dir/step2/student``, the augmented
     sentences in ``out_dir/augmented.jsonl``, the summary in ``out_dir/results.json``."""
-    _check_common(mode, style, max_len)
-    cfgs = _task_configs(steps, step1, step2, train, seed, progress, n_a, p_t, k, temperature)
+    run = task_setup(teacher, task, tokenizer=tokenizer, mode=mode, style=style, augment=augment,
+                     n_a=n_a, p_t=p_t, k=k, mlm=mlm, glove=glove, transfer_cache=transfer_cache,
+                     steps=steps, step1=step1, step2=step2, temperature=temperature,
+                     max_len=max_len, seed=seed, progress=progress, backend=backend, **train)
+    check_student(student, run.teacher_config, style)
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-    run = _task_plan(teacher, task, student=student, tokenizer=tokenizer, mode=mode, style=style,
-                     augment=augment, n_a=n_a, p_t=p_t, k=k, mlm=mlm, glove=glove,
-                     transfer_cache=transfer_cache, steps=steps, temperature=temperature,
-                     max_len=max_len, seed=seed, backend=backend)
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
-    st, res = run(out, cfgs, resume=resume, callbacks=callbacks)
+    st, res = run(out, student, resume=resume, callbacks=callbacks)
     plumbing.write_results(out, res)
     return st, res
 
 
-def _task_plan(teacher, task, *, student, tokenizer, mode, style, augment, n_a, p_t, k, mlm,
-               glove, transfer_cache, steps, temperature, max_len, seed, backend):
-    """Loads and checks everything task distillation needs (writes nothing); returns
-    ``run(out_dir, (cfg1, cfg2), resume, callbacks) -> (student, results)``."""
+def task_setup(teacher, task, *, tokenizer=None, mode="exact", style="tinybert", augment=True,
+               n_a=20, p_t=0.4, k=15, mlm="auto", glove=None, transfer_cache=None, steps=STEPS,
+               step1=None, step2=None, temperature=1.0, max_len=64, seed=0, progress=True,
+               backend="auto", **train):
+    """Checks the options and loads what task distillation needs (writes nothing); returns
+    ``run(out_dir, student, *, resume, callbacks) -> (student, results)``."""
+    _check_common(mode, style, max_len)
+    bad = set(steps) - set(STEPS)
+    if bad or not steps:
+        raise ValueError(f"steps must be a non-empty subset of {STEPS}, got {steps!r}")
+    plumbing.check_positive_int("n_a", n_a)
+    plumbing.check_probability("p_t", p_t)
+    plumbing.check_positive_int("k", k)
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    common = dict(train, seed=seed, progress=progress)
+    cfg1 = plumbing.train_config(STEP1_TRAIN, common, step1)
+    cfg2 = plumbing.train_config(STEP2_TRAIN, common, step2)
     task = plumbing.as_task(task, seed)
+    cfg1.metric, cfg2.metric = cfg1.metric or task.metric, cfg2.metric or task.metric
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
         teacher, tokenizer, num_labels=task.num_labels, need_head=True)
     t_cfg = base_bert(t_model).config
-    st = transformer_student(student, t_cfg, task.num_labels, style=style, seed=seed)
-    loss1 = TinyBERTLoss(st, t_cfg, stage="intermediate", mode=mode, style=style,
-                         backend=backend) if "intermediate" in steps else None
-    loss2 = TinyBERTLoss(st, t_cfg, stage="prediction", mode=mode, temperature=temperature,
-                         backend=backend)
     dev, test = (plumbing.encode_split(tokenizer, getattr(task, s), max_len, student=False)
                  for s in ("dev", "test"))
-    def run(out_dir, cfgs, *, resume=False, callbacks=()):
-        cfg1, cfg2 = cfgs
+
+    def run(out_dir, student, *, resume=False, callbacks=()):
+        st = transformer_student(student, t_cfg, task.num_labels, style=style, seed=seed)
         taps = teacher_taps(t_model, style)
         results = {"mode": mode, "style": style}
         stage = dict(tokenizer=tokenizer, resume=resume, stage=True, callbacks=callbacks)
         if "intermediate" in steps:
+            loss = TinyBERTLoss(st, t_cfg, stage="intermediate", mode=mode, style=style,
+                                backend=backend)
             cache = transfer_cache or (out_dir / "augmented.jsonl" if out_dir else None)
             data = transfer_examples(t_model, tokenizer, task.train, augment=augment, n_a=n_a,
                                      p_t=p_t, k=k, mlm=mlm, glove=glove, seed=seed,
                                      max_len=max_len, cache=cache, teacher_path=t_path)
             results["transfer_examples"] = len(data)
             st.capture = True
-            d1 = Distiller(taps, st, loss1, train_data=data,
-                           out_dir=out_dir / "step1" if out_dir else None,
-                           config=replace(cfg1, metric=cfg1.metric or task.metric), **stage)
+            d1 = Distiller(taps, st, loss, train_data=data, config=cfg1,
+                           out_dir=out_dir / "step1" if out_dir else None, **stage)
             results["step1"] = d1.train()
         else:
             data = plumbing.encode_split(tokenizer, task.train, max_len, student=False,
                                          labels=False)
         if "prediction" in steps:
+            loss = TinyBERTLoss(st, t_cfg, stage="prediction", mode=mode,
+                                temperature=temperature, backend=backend)
             st.capture = False
-            d2 = Distiller(taps, st, loss2, train_data=data, dev_data=dev, test_data=test,
-                           out_dir=out_dir / "step2" if out_dir else None,
-                           config=replace(cfg2, metric=cfg2.metric or task.metric), **stage)
+            d2 = Distiller(taps, st, loss, train_data=data, dev_data=dev, test_data=test,
+                           config=cfg2, out_dir=out_dir / "step2" if out_dir else None, **stage)
             results["step2"] = d2.train()
             results["test"], results["dev"] = results["step2"].get("test"), results["step2"].get("dev")
         st.capture = True
         return st, results
 
+    run.teacher, run.teacher_config, run.tokenizer = t_model, t_cfg, tokenizer
     return run
 
 
 # ------------------------------------------------------------------------- both stages
+GENERAL_SHARED = ("tokenizer", "mode", "style", "seed", "progress", "backend")
+
+
 def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unlabelled=None,
-             student=None, general=None, **kw):
+             student=None, general=None, overwrite=False, resume=False, callbacks=(), **kw):
     """Run TinyBERT: ``stage="general"`` (on ``unlabelled`` sentences, default the task's
     training sentences; teacher = ``general_teacher`` or ``teacher``), ``"task"`` or
     ``"all"`` (general distillation into ``out_dir/general``, then task distillation of that
@@ -234,49 +254,23 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
         raise ValueError("give student= (a config dict with num_layers, hidden_size, num_heads, "
                          "intermediate_size; a directory; or a transformers model)")
     if stage == "task":
-        return task_distill(teacher, task, out_dir, student=student, **kw)
-    shared = ("tokenizer", "mode", "style", "seed", "progress", "backend", "callbacks")
-    gkw = {k: kw[k] for k in shared if k in kw}
-    overwrite, resume = kw.pop("overwrite", False), kw.pop("resume", False)
-    _check_common(gkw.get("mode", "exact"), gkw.get("style", "tinybert"), 128)
-    gcfg = plumbing.train_config(GENERAL_TRAIN, {"seed": gkw.get("seed", 0),
-                                                 "progress": gkw.get("progress", True)}, general)
-    if stage == "all":
-        tkw = dict(kw)
-        _check_common(tkw.get("mode", "exact"), tkw.get("style", "tinybert"),
-                      tkw.get("max_len", 64))
-        cfgs = _task_configs(tkw.pop("steps", STEPS), tkw.pop("step1", None),
-                             tkw.pop("step2", None),
-                             {k: v for k, v in tkw.items() if k not in _TASK_KW},
-                             tkw.get("seed", 0), tkw.get("progress", True), tkw.get("n_a", 20),
-                             tkw.get("p_t", 0.4), tkw.get("k", 15), tkw.get("temperature", 1.0))
+        return task_distill(teacher, task, out_dir, student=student, overwrite=overwrite,
+                            resume=resume, callbacks=callbacks, **kw)
+    seed = kw.get("seed", 0)
+    task_setup_run = task_setup(teacher, task, **kw) if stage == "all" else None
+    task_obj = plumbing.as_task(task, seed) if task is not None else None
+    sentences = plumbing.sentences_from(unlabelled, task_obj, seed=seed)
+    general_run = general_setup(general_teacher or teacher, sentences,
+                                **{k: kw[k] for k in GENERAL_SHARED if k in kw}, **(general or {}))
+    check_student(student, general_run.teacher_config, kw.get("style", "tinybert"))
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-    task_obj = plumbing.as_task(task, gkw.get("seed", 0)) if task is not None else None
-    sentences = plumbing.sentences_from(unlabelled, task_obj, seed=gkw.get("seed", 0))
-    run_general = _general_plan(general_teacher or teacher, sentences, student=student,
-                                tokenizer=gkw.get("tokenizer"), mode=gkw.get("mode", "exact"),
-                                style=gkw.get("style", "tinybert"),
-                                max_len=128, seed=gkw.get("seed", 0),
-                                backend=gkw.get("backend", "auto"))
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
-    st, res_general = run_general(out / "general" if out else None, gcfg, resume=resume,
-                                  callbacks=gkw.get("callbacks", ()))
+    st, res_general = general_run(out / "general" if out else None, student, resume=resume,
+                                  callbacks=callbacks)
     res = {"general": res_general}
-    if stage == "general":
-        plumbing.write_results(out, res)
-        return st, res
-    run_task = _task_plan(teacher, task_obj, student=st.model, **{
-        **_PLAN_DEFAULTS, **{k: v for k, v in kw.items() if k in _PLAN_DEFAULTS}})
-    st, r = run_task(out / "task" if out else None, cfgs, resume=resume,
-                     callbacks=kw.get("callbacks", ()))
-    res.update(r)
+    if stage == "all":
+        st, r = task_setup_run(out / "task" if out else None, st.model, resume=resume,
+                               callbacks=callbacks)
+        res.update(r)
     plumbing.write_results(out, res)
     return st, res
-
-
-_PLAN_DEFAULTS = dict(tokenizer=None, mode="exact", style="tinybert", augment=True, n_a=20,
-                      p_t=0.4, k=15, mlm="auto", glove=None, transfer_cache=None, steps=STEPS,
-                      temperature=1.0, max_len=64, seed=0, backend="auto")
-_TASK_KW = ("tokenizer", "mode", "style", "augment", "n_a", "p_t", "k", "mlm", "glove",
-            "transfer_cache", "steps", "temperature", "max_len", "seed", "backend", "step1",
-            "step2", "callbacks", "progress")
