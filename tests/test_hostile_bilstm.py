@@ -337,3 +337,17 @@ def test_student_padding_tokens_do_not_matter(pooling):
         if name != "encoder.embedding.weight":
             assert torch.isfinite(p.grad).all(), name
     assert not math.isnan(out_b.sum().item())
+
+
+def test_other_student_entry_points():
+    with pytest.raises(TypeError, match="from_torch needs an nn.LSTM"):
+        BiLSTM.from_torch(nn.GRU(3, 2, bidirectional=True))
+    with pytest.raises(ValueError, match="bidirectional=True"):
+        BiLSTM.from_torch(nn.LSTM(3, 2))
+    model = BiLSTMClassifier(10, embed_dim=6, hidden_size=4, fc_size=5)
+    with pytest.raises(TypeError, match="embedding weights must be a floating torch.Tensor"):
+        model.encoder.init_embeddings([[0.0] * 6] * 10)
+    with pytest.raises(ValueError, match=r"must have shape \(10, 6\)"):
+        model.encoder.init_embeddings(torch.zeros(10, 5))
+    with pytest.raises(ValueError, match="num_labels"):
+        SRAEncoder(10, teacher_hidden=8, embed_dim=6, hidden_size=4).classifier(0)

@@ -92,8 +92,6 @@ def _bad_batches():
          "type_vocab_size=2"),
         ("position ids", [dict(b, position_ids=torch.arange(9)[None] + 40)], ValueError,
          "max_position_embeddings=40"),
-        ("mask device", [dict(b, attention_mask=b["attention_mask"].to("meta"))], ValueError,
-         "is on meta"),
     ]
 
 

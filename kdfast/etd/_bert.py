@@ -96,12 +96,10 @@ def check_batch(batch, config) -> None:
         if not ok:
             raise ValueError(f"batch[{key!r}] must have the shape of input_ids "
                              f"{tuple(ids.shape)}, got {tuple(v.shape)}")
-        if v.device != ids.device:
-            raise ValueError(f"batch[{key!r}] is on {v.device} but input_ids is on {ids.device}")
         if limit is not None:
             ranges.append((key, v, limit))
-    bounds = torch.stack([torch.stack(v.to(torch.int64).aminmax())
-                          for _, v, _ in ranges]).tolist()
+    bounds = torch.stack([torch.stack(v.to(torch.int64).aminmax()).to(ids.device)
+                          for _, v, _ in ranges]).tolist()  # the tensors move to the model later
     for (key, _, limit), (lo, hi) in zip(ranges, bounds):
         if lo < 0 or hi >= limit:
             what = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size",
@@ -150,8 +148,6 @@ def check_labels(model, batch) -> None:
         if v.dim() == 0 or v.shape[0] != ids.shape[0]:
             raise ValueError(f"batch[{key!r}] must have one row per input row "
                              f"(B={ids.shape[0]}), got shape {tuple(v.shape)}")
-        if v.device != ids.device:
-            raise ValueError(f"batch[{key!r}] is on {v.device} but input_ids is on {ids.device}")
     cfg = model.config
     limits = {}
     if isinstance(model, (BertForMaskedLM, BertForPreTraining, BertLMHeadModel)):

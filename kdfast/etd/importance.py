@@ -334,9 +334,13 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
 
     ``model``: a transformers ``BertModel`` or ``BertFor*`` (the all-MiniLM-L6-v2 teacher is a
     BertModel). ``batches``: an iterable of mappings with ``input_ids`` and optionally
-    ``attention_mask``, ``token_type_ids`` and labels; ``num_batches`` caps how many are used.
-    ``loss_fn``: see the module docstring. ``backend`` picks the reduction kernel
-    (``auto``/``cpu``/``cuda``/``reference``). The model is scored in eval mode (no dropout)
+    ``attention_mask``, ``token_type_ids`` and labels, or one such mapping (one batch);
+    ``num_batches`` caps how many are used. Each batch is checked before the model runs
+    (:func:`kdfast.etd._bert.check_batch`: ids in the vocabulary, B and L >= 1, shapes; labels
+    in range for the task loss): ValueError/TypeError naming the key.
+    ``loss_fn``: see the module docstring; a NaN loss gives NaN scores, which
+    :func:`~kdfast.etd.extract` refuses. ``backend`` picks the reduction kernel
+    (``auto``/``cpu``/``cuda``/``reference``; the shared rule of ``kdfast.ops._backend``). The model is scored in eval mode (no dropout)
     with its parameters frozen; both are restored afterwards, and no ``.grad`` is left behind.
 
     ``unpad``: run a padded batch's rows in groups of similar length, each trimmed to its own

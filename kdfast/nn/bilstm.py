@@ -27,6 +27,8 @@ class BiLSTM(nn.LSTM):
 
     @classmethod
     def from_torch(cls, lstm: nn.LSTM) -> BiLSTM:
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"BiLSTM.from_torch needs an nn.LSTM, got {type(lstm).__name__}")
         if not lstm.bidirectional or getattr(lstm, "proj_size", 0):
             raise ValueError("BiLSTM.from_torch needs an nn.LSTM with bidirectional=True and no proj_size")
         out = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first,

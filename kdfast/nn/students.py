@@ -62,6 +62,10 @@ class BiLSTMEncoder(nn.Module):
 
     def init_embeddings(self, weights: torch.Tensor) -> None:
         """Copy ``weights`` [vocab, dim] into the word vectors (both channels)."""
+        if not isinstance(weights, torch.Tensor) or not weights.dtype.is_floating_point:
+            got = getattr(weights, "dtype", type(weights).__name__)
+            raise TypeError("embedding weights must be a floating torch.Tensor "
+                            f"[vocab_size, embed_dim], got {got}")
         if tuple(weights.shape) != (self.vocab_size, self.embed_dim):
             raise ValueError(f"embedding weights must have shape {(self.vocab_size, self.embed_dim)} "
                              f"(student vocab_size, embed_dim), got {tuple(weights.shape)}")
