@@ -318,3 +318,12 @@ def test_demo_checks_options_and_refuses_a_users_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not written by kdfast"):
         run_demo(p.parse_args(["--out", str(d), "--fresh"]))
     assert checksums(d) == before
+
+
+def test_the_bilstm_width_is_lstm_hidden_size(tiny, tmp_path):
+    tok, task, teacher = tiny
+    with pytest.raises(TypeError, match="lstm_hidden_size"):
+        tang(teacher, task, tmp_path / "o", tokenizer=tok, hidden_size=8)
+    with pytest.raises(TypeError, match="lstm_hidden_size"):
+        sra(teacher, task, tmp_path / "o", tokenizer=tok, hidden_size=8)
+    assert not (tmp_path / "o").exists()

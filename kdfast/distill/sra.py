@@ -14,7 +14,7 @@ from __future__ import annotations
 from kdfast.data.tasks import Split
 from kdfast.distill import plumbing
 from kdfast.distill.objectives import VECTOR_KINDS, SentenceVectorLoss
-from kdfast.distill.tang import TangOptions, build_student, run_tang, transfer_set
+from kdfast.distill.tang import TangOptions, _renamed, build_student, run_tang, transfer_set
 from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import POOLINGS as VECTORS
 
@@ -40,6 +40,7 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
     plumbing.check_choice("stage1_loss", stage1_loss, VECTOR_KINDS)
     plumbing.check_choice("stage2", stage2, STAGE2)
     plumbing.check_positive_int("max_len", max_len)
+    _renamed(train)
     tang_kw, train = TangOptions.split(train)
     if stage2 == "hard":
         bad = sorted(set(tang_kw) - {"teacher_bf16"})

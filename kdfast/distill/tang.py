@@ -285,6 +285,11 @@ class TangOptions:
                                                          "temperature": self.temperature}, train)
 
 
+def _renamed(train: dict) -> None:
+    if "hidden_size" in train:
+        raise TypeError("hidden_size is a BERT student's width; the BiLSTM's is lstm_hidden_size")
+
+
 def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_iter=None,
          p_mask=0.1, p_pos=0.1, p_ng=0.25, alpha=0.0, temperature=1.0, transfer_cache=None,
          embeddings="teacher", embedding_mode="non-static", lstm_hidden_size=None, fc_size=None,
@@ -295,6 +300,7 @@ def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_
     or train it on the hard labels alone with ``loss="ce"`` (the baseline; no augmentation).
     Returns ``(student, results)``; ``out_dir`` gets ``student/``, ``results.json``,
     ``report.md`` and the cached ``transfer.pt``."""
+    _renamed(train)
     opts = TangOptions(loss, augment, n_iter, p_mask, p_pos, p_ng, alpha, temperature,
                        transfer_cache, embeddings, embedding_mode, lstm_hidden_size, fc_size,
                        pooling, num_layers, dropout, max_len, teacher_bf16).check(
