@@ -42,7 +42,7 @@ def main() -> int:
     from kdfast.bench.harness import machine
     from kdfast.data.tasks import load_task, unlabelled_sentences
     from kdfast.data.tokenize import load_tokenizer
-    from kdfast.distill.recipes import sra, tang
+    from kdfast.distill import sra, tang
     from kdfast.models.teachers import resolve_teacher_path
     from kdfast.nn.students import load_student
 
@@ -58,7 +58,7 @@ def main() -> int:
     # input embeddings (the demo's "static" mode), max pooling, Adam 1e-3, early stopping.
     common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", embedding_mode="static",
                   optimizer="adam", lr=1e-3, epochs=args.epochs, patience=2, progress=False,
-                  hidden_size=args.hidden)
+                  lstm_hidden_size=args.hidden)
     fc_size = 400 if task.is_pair else 200
     # Stage 1 reads the labelled training sentences (without labels) and SNLI sentences.
     unlabelled = list(dict.fromkeys(task.train.texts + (task.train.texts_b or [])))

@@ -137,9 +137,10 @@ OPTIONS = {
     "device": Opt(None, DEVICE, "cpu | cuda (default: cuda when present)"),
     "train_layers": Opt(None, COUNT, "fine-tune only the top N layers + head (default: all)"),
     # soft targets
-    "loss": Opt("mse", str, "tang: the soft loss, or ce = hard labels only (the baseline)",
+    "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
                 ("mse", "kl", "soft_ce", "ce")),
-    "alpha": Opt(0.0, FRACTION, "weight of the hard-label CE term (1 - alpha on the soft term)"),
+    "alpha": Opt(None, FRACTION, "weight of the hard-label CE term, 1 - alpha on the soft term "
+                                 "[0]"),
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),
@@ -285,8 +286,8 @@ def cmd_tang(o) -> int:
     from kdfast.distill import tang
 
     aug = _given(o, TANG_AUG, {"n_aug": "n_iter"})
-    _, res = tang(o["teacher"], _task(o), o["out"], loss=o["loss"], max_len=o["max_len"],
-                  **_given(o, SOFT), **aug, **_bilstm(o), **_run(o), **_train(o))
+    _, res = tang(o["teacher"], _task(o), o["out"], max_len=o["max_len"],
+                  **_given(o, ("loss",) + SOFT), **aug, **_bilstm(o), **_run(o), **_train(o))
     _summary(res, f"student: {Path(o['out']) / 'student'}")
     return 0
 
@@ -295,7 +296,9 @@ def cmd_sra(o) -> int:
     from kdfast.distill import sra
 
     stage1 = {"progress": o["progress"], **_given(o, ("stage1_epochs",), {"stage1_epochs": "epochs"})}
-    stage2 = {**_given(o, SOFT), **({"loss": o["loss"]} if o["stage2"] == "tang" else {})}
+    stage2 = _given(o, ("loss",) + SOFT)
+    if stage2 and o["stage2"] != "tang":
+        raise ValueError(", ".join(_flag(k) for k in stage2) + " apply to --stage2 tang only")
     _, res = sra(o["teacher"], _task(o), o["out"], max_len=o["max_len"], stage2=o["stage2"],
                  stage1=stage1, **_given(o, ("sra_teacher", "unlabelled", "vector", "stage1_loss",
                                             "transfer_cache")),
@@ -334,7 +337,9 @@ def cmd_tinybert(o) -> int:
     student = o["student"] or _bert_size(o, default_layers=4)
     unl = _unlabelled(o)
     if o["stage"] in ("general", "all") and unl is None:
-        unl = list(dict.fromkeys(task.train.texts + (task.train.texts_b or [])))
+        from kdfast.distill.plumbing import training_sentences
+
+        unl = training_sentences(task)
     train = _train(o)
     seed = train.pop("seed", 0)
     _, res = tinybert(o["teacher"], task, o["out"], stage=o["stage"],

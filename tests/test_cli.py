@@ -265,6 +265,10 @@ def test_finetune_distill_eval_overwrite_and_resume(env, tmp_path, capsys):
                         "--overwrite", "--no-progress"], capsys)
     assert code == 0, err
     assert json.loads((kd / "results.json").read_text())["steps"] == 2 and (kd / MARKER).is_file()
+    # a config key the command has no option for is an error (sra has no --n-aug) ...
+    assert_user_error(*run(["distill", "sra", "--config", cfg, "--out", tmp_path / "sra"],
+                           capsys)[::2], "no option --n-aug")
+    cfg.write_text(cfg.read_text().replace("n-aug: 1\n", ""))
     code, _, err = run(["distill", "sra", "--config", cfg, "--out", tmp_path / "sra",
                         "--stage1-epochs", "1", "--epochs", "1", "--unlabelled",
                         f"csv:{env / 'train.csv'}", "--no-progress"], capsys)
