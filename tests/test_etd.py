@@ -12,7 +12,7 @@ from transformers import (BertConfig, BertForMaskedLM, BertForQuestionAnswering,
 import kdfast.etd as etd
 from kdfast import _ext
 from kdfast.ops.importance import unit_taylor
-from kdfast.reference.importance import importance_reference
+from kdfast.etd.headmask import importance_reference
 from kdfast.reference.importance import unit_taylor as unit_taylor_ref
 
 BACKENDS = ["reference"] + [b for b in ("cpu",) if _ext.has(b)]

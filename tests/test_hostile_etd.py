@@ -16,7 +16,7 @@ from kdfast.ops import _backend
 from kdfast.ops import bilstm as bilstm_ops
 from kdfast.ops import importance as importance_ops
 from kdfast.ops.importance import unit_taylor
-from kdfast.reference.importance import importance_reference
+from kdfast.etd.headmask import importance_reference
 
 from test_etd import make_batches, tiny_config
 

@@ -9,7 +9,7 @@ sentences at a fixed batch size with four procedures, all on the same batches an
                          grad on every layer's context (transformers 5.x has no head_mask),
                          parameters requiring grad as in run_bertology, |dL/dxi| per batch;
                          heads only;
-* ``headmask+taylor`` -- the reference (kdfast.reference.importance): the same pass plus
+* ``headmask+taylor`` -- the reference (kdfast.etd.headmask): the same pass plus
                          autograd Taylor sums of the parameters for FFN neurons and hidden dims;
 * ``kdfast``          -- kdfast.etd.importance: heads + FFN + hidden from activation x gradient
                          sums (frozen parameters, fused unit_taylor kernel), each batch's rows
@@ -96,7 +96,7 @@ def main(quick: bool, out_dir: str) -> int:
     from kdfast.data.tokenize import make_batches
     from kdfast.etd import importance
     from kdfast.models.teachers import load_bert
-    from kdfast.reference.importance import importance_reference
+    from kdfast.etd.headmask import importance_reference
 
     # One thread: this suite's CPU numbers come from a 2-core machine shared with other jobs,
     # where two threads were 3-4x slower than one and far noisier. Set KDFAST_BENCH_THREADS

@@ -17,7 +17,7 @@ activations and tensor hooks their gradients, and the fused ``kdfast::unit_taylo
 (C++ on CPU, CUDA on GPU) reduces each pair in one read. Since every score is a sum over real
 tokens, a padded batch can run as groups of rows of similar length, each trimmed to its own
 longest row (``unpad``): far fewer padded tokens, the same scores. The reference
-(:func:`kdfast.reference.importance.importance_reference`) computes the same numbers from a
+(:func:`kdfast.etd.headmask.importance_reference`) computes the same numbers from a
 head-mask gate and autograd parameter gradients.
 
 Aggregation and normalisation (documented contract):
