@@ -1,0 +1,490 @@
+// Relation losses straight from the projections (attention KL / TinyBERT MSE from Q and K,
+// MiniLM(v2) value / Q-Q / K-K relations), CPU: the op schema for every backend and its CPU
+// implementation. No L x L map is ever stored.
+//
+// relation_loss(student[A_s, B_s], teacher[A_t, B_t], mask?, scale, kind, compute_grad)
+//   -> (loss[1], grads [dA_s, dB_s] or [])
+// A_s, B_s: contiguous [B, R, L, ds]; A_t, B_t: contiguous [B, R, L, dt]; mask: [B, L] 0/1 in the
+// accumulation dtype; scale: the 1-element normaliser; kind: 0 TinyBERT MSE, 1 masked MSE, 2 KL
+// (kdfast/reference/kinds.py). S = A B^T / sqrt(d) per (b, r); definition in
+// kdfast/reference/relation.py.
+//
+// Scheme (flash-attention style, fp32 accumulation, fp64 for fp64):
+//  loop 1, parallel over (b*r, query blocks of BQ rows): the block's A rows and the plane's B
+//    (packed, O(L*d) per task) stay in scratch; key tiles of BK keys are streamed. KL: pass 1
+//    keeps the running max and exp-sum of both rows (lse), pass 2 adds
+//    sum_k p_t (log p_t - log p_s) and dA += c_s * dS B_s with dS = w_q (p_s - p_t); MSE: one
+//    pass. The rows' lse go to an O(B*R*L) buffer.
+//  loop 2 (only for the gradient), parallel over (b*r, key blocks of BK keys): recomputes the
+//    score tiles of every query tile against the block and accumulates dB = c_s * dS^T A_s.
+// Extra memory: O(L*d) per thread + O(B*R*L); every output row is written by one task (no
+// atomics, deterministic).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kdfast/cpu_math.h"
+
+namespace kdfast::cpu {
+namespace {
+
+constexpr int64_t BQ = 32;  // query rows per loop-1 task / per loop-2 query tile
+constexpr int BK = 64;      // keys per tile / per loop-2 task
+enum RelKind { REL_TINYBERT_MSE = 0, REL_MSE = 1, REL_KL = 2 };
+
+template <class C>
+struct RelArgs {
+  using T = typename C::T;
+  using Acc = typename C::Acc;
+  const T* as;
+  const T* bs;
+  const T* at;
+  const T* bt;
+  T* ga;  // nullptr: no gradient
+  T* gb;
+  const Acc* mask;  // [B, L] or nullptr
+  Acc scale;
+  int64_t R, L, ds, dt;
+  int kind;
+  Acc* lse;  // [B*R*L, 2] (KL only)
+};
+
+// S[i, j] = c * sum_e Q[i, e] KT[e, j] for i < nq, j < BK (KT: [d, ldk] rows, tile at column 0).
+template <class Acc>
+KDFAST_INLINE void score_tile(const Acc* __restrict Q, int64_t nq, int64_t d,
+                              const Acc* __restrict KT, int64_t ldk, Acc c, Acc* __restrict S) {
+  int64_t i = 0;
+  for (; i + 4 <= nq; i += 4) {
+    Acc a0[BK], a1[BK], a2[BK], a3[BK];
+#pragma omp simd
+    for (int j = 0; j < BK; ++j) a0[j] = a1[j] = a2[j] = a3[j] = 0;
+    const Acc* q0 = Q + i * d;
+    for (int64_t e = 0; e < d; ++e) {
+      const Acc* kr = KT + e * ldk;
+      const Acc x0 = q0[e], x1 = q0[d + e], x2 = q0[2 * d + e], x3 = q0[3 * d + e];
+#pragma omp simd
+      for (int j = 0; j < BK; ++j) {
+        const Acc k = kr[j];
+        a0[j] += x0 * k;
+        a1[j] += x1 * k;
+        a2[j] += x2 * k;
+        a3[j] += x3 * k;
+      }
+    }
+#pragma omp simd
+    for (int j = 0; j < BK; ++j) {
+      S[i * BK + j] = a0[j] * c;
+      S[(i + 1) * BK + j] = a1[j] * c;
+      S[(i + 2) * BK + j] = a2[j] * c;
+      S[(i + 3) * BK + j] = a3[j] * c;
+    }
+  }
+  for (; i < nq; ++i) {
+    Acc a0[BK];
+#pragma omp simd
+    for (int j = 0; j < BK; ++j) a0[j] = 0;
+    for (int64_t e = 0; e < d; ++e) {
+      const Acc* kr = KT + e * ldk;
+      const Acc x0 = Q[i * d + e];
+#pragma omp simd
+      for (int j = 0; j < BK; ++j) a0[j] += x0 * kr[j];
+    }
+#pragma omp simd
+    for (int j = 0; j < BK; ++j) S[i * BK + j] = a0[j] * c;
+  }
+}
+
+// Loads rows [r0, r0 + n) of a [L, d] plane into dst [n, d] (accumulation dtype).
+template <class C>
+KDFAST_INLINE void load_rows(const typename C::T* src, int64_t r0, int64_t n, int64_t d,
+                             typename C::Acc* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
+    for (int64_t e = 0; e < d; ++e) dst[i * d + e] = C::load(src[(r0 + i) * d + e]);
+  }
+}
+
+// Packs rows [r0, r0 + n) of a [L, d] plane transposed into dst [d, ld] at columns [0, n);
+// columns [n, pad) are zeroed.
+template <class C>
+KDFAST_INLINE void pack_t(const typename C::T* src, int64_t r0, int64_t n, int64_t pad, int64_t d,
+                          int64_t ld, typename C::Acc* dst) {
+  for (int64_t e = 0; e < d; ++e) {
+    for (int64_t j = 0; j < n; ++j) dst[e * ld + j] = C::load(src[(r0 + j) * d + e]);
+    for (int64_t j = n; j < pad; ++j) dst[e * ld + j] = 0;
+  }
+}
+
+// Per-entry dS for a tile row (MSE kinds) and its loss; wk: key weights of the tile.
+template <class Acc>
+KDFAST_INLINE Acc mse_row(const Acc* __restrict s, const Acc* __restrict t,
+                          const Acc* __restrict wk, bool tinybert, Acc cq, Acc* __restrict g) {
+  Acc loss = 0;
+#pragma omp simd reduction(+ : loss)
+  for (int j = 0; j < BK; ++j) {
+    Acc a = s[j], b = t[j];
+    const bool live = !(a <= Acc(-100)) || !tinybert;
+    if (tinybert) {
+      a = live ? a : Acc(0);
+      b = b <= Acc(-100) ? Acc(0) : b;
+    }
+    const Acc diff = (wk[j] == Acc(0) || a == b) ? Acc(0) : a - b;
+    loss += diff * diff;
+    g[j] = live ? Acc(2) * cq * diff : Acc(0);
+  }
+  return cq * loss;
+}
+
+// dS of a KL tile row from the row's lse; returns the row's loss contribution.
+template <class Acc>
+KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc lse_s, Acc lse_t,
+                         Acc cq, Acc* __restrict g) {
+  Acc loss = 0;
+#pragma omp simd reduction(+ : loss)
+  for (int j = 0; j < BK; ++j) {
+    const Acc ls = s[j] - lse_s, lt = t[j] - lse_t;  // -inf for masked keys
+    const Acc ps = exp_acc(ls), pt = exp_acc(lt);
+    loss += pt > Acc(0) ? pt * (lt - ls) : Acc(0);
+    g[j] = cq * (ps - pt);
+  }
+  return cq * loss;
+}
+
+template <class Acc>
+struct Scratch1 {
+  std::vector<Acc> buf;
+  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *dq;
+  int64_t plane = -1;
+  Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt) {
+    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 2 * BQ * BK + BQ * ds);
+    qs = buf.data();
+    qt = qs + BQ * ds;
+    kst = qt + BQ * dt;
+    ks = kst + ds * Lp;
+    ktt = ks + ds * Lp;
+    wk = ktt + dt * Lp;
+    ss = wk + Lp;
+    st = ss + BQ * BK;
+    dq = st + BQ * BK;
+    (void)L;
+  }
+};
+
+// Loop 1: one (plane, query block) task.
+template <class C>
+KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratch1<typename C::Acc>& w) {
+  using Acc = typename C::Acc;
+  const int64_t L = a.L, ds = a.ds, dt = a.dt;
+  const int64_t nqb = (L + BQ - 1) / BQ;
+  const int64_t Lp = (L + BK - 1) / BK * BK;
+  const int64_t p = task / nqb, q0 = (task % nqb) * BQ, nq = std::min<int64_t>(BQ, L - q0);
+  const int64_t b = p / a.R;
+  const Acc* m = a.mask ? a.mask + b * L : nullptr;
+  const bool kl = a.kind == REL_KL, tiny = a.kind == REL_TINYBERT_MSE;
+  const Acc cs = Acc(1) / std::sqrt(Acc(ds)), ct = Acc(1) / std::sqrt(Acc(dt));
+  const Acc ninf = neg_inf<Acc>();
+  Acc cq[BQ];
+  bool any = false;
+  for (int64_t i = 0; i < nq; ++i) {
+    cq[i] = (m && !tiny) ? a.scale * m[q0 + i] : a.scale;
+    any |= cq[i] != Acc(0);
+  }
+  if (a.ga) {
+    for (int64_t i = 0; i < nq * ds; ++i) w.dq[i] = 0;
+  }
+  Acc total = 0;
+  if (any) {
+    if (w.plane != p) {  // pack the plane's keys once per thread and plane
+      pack_t<C>(a.bs + p * L * ds, 0, L, Lp, ds, Lp, w.kst);
+      pack_t<C>(a.bt + p * L * dt, 0, L, Lp, dt, Lp, w.ktt);
+      if (a.ga) load_rows<C>(a.bs + p * L * ds, 0, L, ds, w.ks);
+      for (int64_t k = 0; k < Lp; ++k) w.wk[k] = k < L ? (m ? (m[k] != Acc(0) ? Acc(1) : Acc(0)) : Acc(1)) : Acc(0);
+      w.plane = p;
+    }
+    load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
+    load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
+    Acc ms[BQ], zs[BQ], mt[BQ], zt[BQ], lse_s[BQ], lse_t[BQ];
+    if (kl) {
+      for (int64_t i = 0; i < nq; ++i) ms[i] = mt[i] = ninf, zs[i] = zt[i] = 0;
+      for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
+        score_tile(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
+        score_tile(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
+        const Acc* wk = w.wk + k0;
+        for (int64_t i = 0; i < nq; ++i) {
+          if (cq[i] == Acc(0)) continue;
+          Acc* s = w.ss + i * BK;
+          Acc* t = w.st + i * BK;
+          Acc mxs = ninf, mxt = ninf;
+#pragma omp simd reduction(max : mxs, mxt)
+          for (int j = 0; j < BK; ++j) {
+            s[j] = wk[j] != Acc(0) ? s[j] : ninf;
+            t[j] = wk[j] != Acc(0) ? t[j] : ninf;
+            mxs = s[j] > mxs ? s[j] : mxs;
+            mxt = t[j] > mxt ? t[j] : mxt;
+          }
+          if (mxs > ms[i]) {  // rescale the running sums (none when the new max is -inf)
+            zs[i] = ms[i] == ninf ? Acc(0) : zs[i] * exp_acc(ms[i] - mxs);
+            ms[i] = mxs;
+          }
+          if (mxt > mt[i]) {
+            zt[i] = mt[i] == ninf ? Acc(0) : zt[i] * exp_acc(mt[i] - mxt);
+            mt[i] = mxt;
+          }
+          if (ms[i] == ninf && mt[i] == ninf) continue;
+          const Acc ms_i = ms[i] == ninf ? Acc(0) : ms[i], mt_i = mt[i] == ninf ? Acc(0) : mt[i];
+          Acc es = 0, et = 0;
+#pragma omp simd reduction(+ : es, et)
+          for (int j = 0; j < BK; ++j) {
+            es += exp_acc(s[j] - ms_i);
+            et += exp_acc(t[j] - mt_i);
+          }
+          zs[i] += es;
+          zt[i] += et;
+        }
+      }
+      for (int64_t i = 0; i < nq; ++i) {
+        lse_s[i] = ms[i] + std::log(zs[i]);
+        lse_t[i] = mt[i] + std::log(zt[i]);
+        if (a.lse) {
+          a.lse[(p * L + q0 + i) * 2] = lse_s[i];
+          a.lse[(p * L + q0 + i) * 2 + 1] = lse_t[i];
+        }
+      }
+    }
+    Acc g[BK];
+    for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
+      score_tile(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
+      score_tile(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
+      const Acc* wk = w.wk + k0;
+      for (int64_t i = 0; i < nq; ++i) {
+        if (cq[i] == Acc(0)) continue;
+        Acc* s = w.ss + i * BK;
+        Acc* t = w.st + i * BK;
+        if (kl) {
+#pragma omp simd
+          for (int j = 0; j < BK; ++j) {
+            s[j] = wk[j] != Acc(0) ? s[j] : ninf;
+            t[j] = wk[j] != Acc(0) ? t[j] : ninf;
+          }
+          total += kl_row(s, t, lse_s[i], lse_t[i], cq[i], g);
+        } else {
+          total += mse_row(s, t, wk, tiny, cq[i], g);
+        }
+        if (a.ga) {  // dA[i] += c_s * sum_j g[j] B_s[k0 + j]
+          Acc* dq = w.dq + i * ds;
+          const int64_t nk = std::min<int64_t>(BK, L - k0);
+          for (int64_t j = 0; j < nk; ++j) {
+            const Acc gj = g[j] * cs;
+            if (gj == Acc(0)) continue;
+            const Acc* kr = w.ks + (k0 + j) * ds;
+#pragma omp simd
+            for (int64_t e = 0; e < ds; ++e) dq[e] += gj * kr[e];
+          }
+        }
+      }
+    }
+  }
+  if (a.ga) {
+    typename C::T* out = a.ga + (p * L + q0) * ds;
+    for (int64_t i = 0; i < nq * ds; ++i) out[i] = C::store(w.dq[i]);
+  }
+  return total;
+}
+
+template <class Acc>
+struct Scratch2 {
+  std::vector<Acc> buf;
+  Acc *kst, *ktt, *qs, *qt, *ss, *st, *dkt;
+  Scratch2(int64_t ds, int64_t dt) {
+    buf.resize(ds * BK + dt * BK + BQ * ds + BQ * dt + 2 * BQ * BK + ds * BK);
+    kst = buf.data();
+    ktt = kst + ds * BK;
+    qs = ktt + dt * BK;
+    qt = qs + BQ * ds;
+    ss = qt + BQ * dt;
+    st = ss + BQ * BK;
+    dkt = st + BQ * BK;
+  }
+};
+
+// Loop 2: dB for one (plane, key block) task.
+template <class C>
+KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename C::Acc>& w) {
+  using Acc = typename C::Acc;
+  const int64_t L = a.L, ds = a.ds, dt = a.dt;
+  const int64_t nkb = (L + BK - 1) / BK;
+  const int64_t p = task / nkb, k0 = (task % nkb) * BK, nk = std::min<int64_t>(BK, L - k0);
+  const int64_t b = p / a.R;
+  const Acc* m = a.mask ? a.mask + b * L : nullptr;
+  const bool kl = a.kind == REL_KL, tiny = a.kind == REL_TINYBERT_MSE;
+  const Acc cs = Acc(1) / std::sqrt(Acc(ds)), ct = Acc(1) / std::sqrt(Acc(dt));
+  const Acc ninf = neg_inf<Acc>();
+  Acc wk[BK];
+  bool any_key = false;
+  for (int j = 0; j < BK; ++j) {
+    wk[j] = j < nk ? (m ? (m[k0 + j] != Acc(0) ? Acc(1) : Acc(0)) : Acc(1)) : Acc(0);
+    any_key |= wk[j] != Acc(0);
+  }
+  for (int64_t i = 0; i < ds * BK; ++i) w.dkt[i] = 0;
+  if (any_key) {
+    pack_t<C>(a.bs + p * L * ds, k0, nk, BK, ds, BK, w.kst);
+    pack_t<C>(a.bt + p * L * dt, k0, nk, BK, dt, BK, w.ktt);
+    Acc g[BK];
+    for (int64_t q0 = 0; q0 < L; q0 += BQ) {
+      const int64_t nq = std::min<int64_t>(BQ, L - q0);
+      Acc cq[BQ];
+      bool any = false;
+      for (int64_t i = 0; i < nq; ++i) {
+        cq[i] = (m && !tiny) ? a.scale * m[q0 + i] : a.scale;
+        any |= cq[i] != Acc(0);
+      }
+      if (!any) continue;
+      load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
+      load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
+      score_tile(w.qs, nq, ds, w.kst, BK, cs, w.ss);
+      score_tile(w.qt, nq, dt, w.ktt, BK, ct, w.st);
+      for (int64_t i = 0; i < nq; ++i) {
+        if (cq[i] == Acc(0)) continue;
+        Acc* s = w.ss + i * BK;
+        Acc* t = w.st + i * BK;
+        if (kl) {
+#pragma omp simd
+          for (int j = 0; j < BK; ++j) {
+            s[j] = wk[j] != Acc(0) ? s[j] : ninf;
+            t[j] = wk[j] != Acc(0) ? t[j] : ninf;
+          }
+          const Acc* l = a.lse + (p * L + q0 + i) * 2;
+          kl_row(s, t, l[0], l[1], cq[i], g);
+        } else {
+          mse_row(s, t, wk, tiny, cq[i], g);
+        }
+        const Acc* qr = w.qs + i * ds;
+        for (int64_t e = 0; e < ds; ++e) {  // dB^T[e, j] += A_s[i, e] g[j]
+          const Acc x = qr[e];
+          Acc* dk = w.dkt + e * BK;
+#pragma omp simd
+          for (int j = 0; j < BK; ++j) dk[j] += x * g[j];
+        }
+      }
+    }
+  }
+  typename C::T* out = a.gb + (p * L + k0) * ds;
+  for (int64_t j = 0; j < nk; ++j) {
+    for (int64_t e = 0; e < ds; ++e) out[j * ds + e] = C::store(w.dkt[e * BK + j] * cs);
+  }
+}
+
+#define KDFAST_REL_TASKS(FWD, BWD, CODEC)                                                      \
+  KDFAST_CPU_CLONES void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end,              \
+                             CODEC::Acc* task_loss) {                                          \
+    const int64_t Lp = (a.L + BK - 1) / BK * BK;                                               \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt);                                               \
+    for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC>(a, t, w);             \
+  }                                                                                            \
+  KDFAST_CPU_CLONES void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {            \
+    Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                        \
+    for (int64_t t = begin; t < end; ++t) bwd_task<CODEC>(a, t, w);                            \
+  }
+KDFAST_REL_TASKS(rel_fwd_f32, rel_bwd_f32, F32)
+KDFAST_REL_TASKS(rel_fwd_f64, rel_bwd_f64, F64)
+KDFAST_REL_TASKS(rel_fwd_bf16, rel_bwd_bf16, BF16)
+KDFAST_REL_TASKS(rel_fwd_f16, rel_bwd_f16, F16)
+#undef KDFAST_REL_TASKS
+
+template <class C, class Fwd, class Bwd>
+at::Tensor launch(Fwd fwd, Bwd bwd, const std::vector<at::Tensor>& s,
+                  const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
+                  const at::Tensor& mask, const at::Tensor& scale, int64_t kind) {
+  using T = typename C::T;
+  using Acc = typename C::Acc;
+  const auto acc_type = c10::CppTypeToScalarType<Acc>::value;
+  const int64_t B = s[0].size(0), R = s[0].size(1), L = s[0].size(2);
+  const int64_t P = B * R;
+  const bool grad = !g.empty();
+  at::Tensor lse;
+  if (kind == REL_KL && grad) lse = at::empty({P * L * 2}, s[0].options().dtype(acc_type));
+  RelArgs<C> a{reinterpret_cast<const T*>(s[0].const_data_ptr()),
+               reinterpret_cast<const T*>(s[1].const_data_ptr()),
+               reinterpret_cast<const T*>(t[0].const_data_ptr()),
+               reinterpret_cast<const T*>(t[1].const_data_ptr()),
+               grad ? reinterpret_cast<T*>(g[0].mutable_data_ptr()) : nullptr,
+               grad ? reinterpret_cast<T*>(g[1].mutable_data_ptr()) : nullptr,
+               mask.defined() ? mask.const_data_ptr<Acc>() : nullptr,
+               scale.const_data_ptr<Acc>()[0],
+               R, L, s[0].size(3), t[0].size(3), static_cast<int>(kind),
+               lse.defined() ? lse.mutable_data_ptr<Acc>() : nullptr};
+  const int64_t n1 = P * ((L + BQ - 1) / BQ);
+  at::Tensor task_loss = at::empty({n1}, s[0].options().dtype(acc_type));
+  Acc* tl = task_loss.mutable_data_ptr<Acc>();
+  at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) { fwd(a, begin, end, tl); });
+  if (grad) {
+    const int64_t n2 = P * ((L + BK - 1) / BK);
+    at::parallel_for(0, n2, 1, [&](int64_t begin, int64_t end) { bwd(a, begin, end); });
+  }
+  return task_loss.sum().reshape({1});
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cpu(
+    at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
+    const at::Tensor& scale, int64_t kind, bool compute_grad) {
+  TORCH_CHECK(student.size() == 2 && teacher.size() == 2,
+              "relation_loss: student and teacher must be pairs [A, B]");
+  TORCH_CHECK(kind >= 0 && kind <= 2, "relation_loss: kind must be 0, 1 or 2, got ", kind);
+  const auto dtype = student[0].scalar_type();
+  for (const auto& x : {student[0], student[1], teacher[0], teacher[1]}) {
+    TORCH_CHECK(x.dim() == 4, "relation_loss: inputs must be [B, R, L, d], got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == dtype, "relation_loss: dtype mismatch");
+    TORCH_CHECK(x.device().is_cpu(), "relation_loss: CPU tensors expected");
+  }
+  TORCH_CHECK(student[0].sizes() == student[1].sizes() && teacher[0].sizes() == teacher[1].sizes(),
+              "relation_loss: A and B of a pair must have the same shape");
+  TORCH_CHECK(student[0].size(0) == teacher[0].size(0) && student[0].size(1) == teacher[0].size(1) &&
+                  student[0].size(2) == teacher[0].size(2),
+              "relation_loss: student and teacher must share [B, R, L]");
+  TORCH_CHECK(student[0].size(3) >= 1 && teacher[0].size(3) >= 1, "relation_loss: head dim >= 1");
+  const auto acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<at::Tensor> s{student[0].contiguous(), student[1].contiguous()};
+  std::vector<at::Tensor> t{teacher[0].contiguous(), teacher[1].contiguous()};
+  at::Tensor m;
+  if (mask.has_value()) {
+    m = mask->contiguous();
+    TORCH_CHECK(m.scalar_type() == acc_type && m.dim() == 2 && m.size(0) == s[0].size(0) &&
+                    m.size(1) == s[0].size(2),
+                "relation_loss: mask must be [B, L] of the accumulation dtype");
+  }
+  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == acc_type,
+              "relation_loss: scale must be one element of the accumulation dtype");
+  const auto sc = scale.contiguous();
+  std::vector<at::Tensor> g;
+  if (compute_grad) {
+    g.push_back(at::empty_like(s[0], at::MemoryFormat::Contiguous));
+    g.push_back(at::empty_like(s[1], at::MemoryFormat::Contiguous));
+  }
+  if (s[0].numel() == 0) {
+    for (auto& x : g) x.zero_();
+    return {at::zeros({1}, s[0].options().dtype(acc_type)), g};
+  }
+  at::Tensor loss;
+  switch (dtype) {
+    case at::kFloat: loss = launch<F32>(rel_fwd_f32, rel_bwd_f32, s, t, g, m, sc, kind); break;
+    case at::kDouble: loss = launch<F64>(rel_fwd_f64, rel_bwd_f64, s, t, g, m, sc, kind); break;
+    case at::kBFloat16: loss = launch<BF16>(rel_fwd_bf16, rel_bwd_bf16, s, t, g, m, sc, kind); break;
+    case at::kHalf: loss = launch<F16>(rel_fwd_f16, rel_bwd_f16, s, t, g, m, sc, kind); break;
+    default: TORCH_CHECK(false, "relation_loss: unsupported dtype ", dtype);
+  }
+  return {loss, g};
+}
+
+}  // namespace
+}  // namespace kdfast::cpu
+
+TORCH_LIBRARY_FRAGMENT(kdfast, m) {
+  m.def(
+      "relation_loss(Tensor[] student, Tensor[] teacher, Tensor? mask, Tensor scale, int kind, "
+      "bool compute_grad) -> (Tensor, Tensor[])");
+}
+
+TORCH_LIBRARY_IMPL(kdfast, CPU, m) { m.impl("relation_loss", &kdfast::cpu::relation_loss_cpu); }

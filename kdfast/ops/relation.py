@@ -1,0 +1,104 @@
+"""Projection-level relation losses (attention KL / MSE from Q and K, MiniLMv2 relations):
+registration, backend choice.
+
+``relation_loss(student, teacher, mask, scale, kind, backend)`` returns the scalar loss for
+the student pair ``[A_s, B_s]`` and teacher pair ``[A_t, B_t]`` (contiguous [B, R, L, d]; see
+kdfast.reference.relation for the definition). The kernels never materialise an L x L map:
+
+* ``torch.ops.kdfast.relation_loss`` (C++, CPU; csrc/cpu/relation.cpp): flash-style tiles,
+  parallel over (B*R, query blocks) for the loss and dA, then over (B*R, key blocks) for dB;
+* ``kdfast::relation_loss_triton`` (kdfast/triton/relation.py), the same two-kernel scheme;
+* no CUDA C++ kernel yet: on CUDA tensors ``auto`` picks Triton.
+
+Both compiled ops compute the student gradient in the forward pass when asked
+(``compute_grad``) and share the fused-gradient autograd rule of kdfast.ops._fused. When the
+C++ op is absent (a kdfast._C built before it existed), ``auto`` on CPU falls back to the
+reference (which materialises the maps) and an explicit ``backend="cpu"`` raises. A teacher
+that requires grad also takes the reference path.
+"""
+from __future__ import annotations
+
+import torch
+
+from kdfast import _ext
+from kdfast.ops import _backend, _fused
+from kdfast.reference.relation import relation_loss as _reference_loss
+
+FAMILY = "the relation losses (attention from Q/K, value relations)"
+OP = "relation_loss"
+PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
+
+# Shape limits of the kernels (checked in kdfast.losses.relation before any kernel runs).
+MAX_HEAD_DIM = 256
+MAX_LENGTH = 1 << 16
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake(student, teacher, mask, scale, kind, compute_grad):
+    loss = student[0].new_empty(1, dtype=_acc(student[0].dtype))
+    grads = ([torch.empty_like(s, memory_format=torch.contiguous_format) for s in student]
+             if compute_grad else [])
+    return loss, grads
+
+
+def _reference(student, teacher, mask, scale, kind):
+    return _reference_loss(student, teacher, mask, scale, kind)
+
+
+def _weight(grad_loss, i, grad):
+    return grad_loss.reshape(())
+
+
+_RULE = dict(fake=_fake, reference=_reference, weight=_weight)
+_compiled = None
+
+
+def compiled_op():
+    """``torch.ops.kdfast.relation_loss`` with its fake + autograd registered, or None when
+    kdfast._C does not define it. Registration happens once, on first sight of the op (it may
+    appear after import, e.g. from a development build loaded with torch.ops.load_library)."""
+    global _compiled
+    if _compiled is None and _ext.has_op(OP):
+        _compiled = _fused.register(f"kdfast::{OP}", **_RULE)
+    return _compiled
+
+
+compiled_op()
+
+
+def _triton_impl(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                 mask: torch.Tensor | None, scale: torch.Tensor, kind: int,
+                 compute_grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    from kdfast.triton.relation import relation_loss
+
+    return relation_loss(student, teacher, mask, scale, kind, compute_grad)
+
+
+relation_loss_triton = _fused.custom_op("relation_loss_triton", _triton_impl, **_RULE)
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend that will run (ValueError for an explicit one that cannot)."""
+    name = _backend.resolve(backend, device, PREFERENCE, family=FAMILY)
+    if name == "cpu" and compiled_op() is None:
+        if backend == "cpu":
+            raise ValueError(
+                "backend 'cpu' for the relation losses needs torch.ops.kdfast.relation_loss, "
+                "which this kdfast._C was built without (rebuild: pip install -e .)")
+        name = "reference"
+    return name
+
+
+def relation_loss(student, teacher, mask, scale, kind: int, backend: str = "auto") -> torch.Tensor:
+    """Scalar loss for validated, contiguous [B, R, L, d] pairs (see the module docstring)."""
+    name = resolve(backend, student[0].device)
+    student, teacher = list(student), list(teacher)
+    if name == "reference" or any(t.requires_grad for t in teacher):
+        return _reference(student, teacher, mask, scale, kind)[0]
+    compute_grad = torch.is_grad_enabled() and any(s.requires_grad for s in student)
+    op = compiled_op() if name == "cpu" else relation_loss_triton
+    loss, _ = op(student, teacher, mask, scale, int(kind), compute_grad)
+    return loss[0]
