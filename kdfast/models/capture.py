@@ -107,3 +107,67 @@ def capture_attention_scores(model):
         for cfg, impl in zip(configs, saved):
             cfg._attn_implementation = impl
         _local.sinks = [s for s in _local.sinks if s is not sink]
+
+
+class CapturedQKV:
+    """What one ``capture_qkv`` block recorded: per self-attention call (layer order for
+    BERT-like encoders), the projections after the Linear layers as [B, H, L, d_head] tensors
+    (views of the Linear outputs: no copy, still in the autograd graph)."""
+
+    def __init__(self):
+        self.queries: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.modules: list[torch.nn.Module] = []  # the self-attention module of each call
+
+    def clear(self) -> None:
+        for lst in (self.queries, self.keys, self.values, self.modules):
+            lst.clear()
+
+
+def _self_attentions(model):
+    """Modules with ``query``/``key``/``value`` Linear projections and a head size (BERT,
+    RoBERTa, ELECTRA, ... ``*SelfAttention``)."""
+    found = []
+    for m in model.modules():
+        if all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("query", "key", "value")):
+            size = getattr(m, "attention_head_size", None)
+            if isinstance(size, int) and size > 0:
+                found.append(m)
+    return found
+
+
+@contextlib.contextmanager
+def capture_qkv(model):
+    """Context manager: inside it, every forward of ``model`` records each self-attention
+    layer's Q, K and V after the projections ([B, H, L, d_head]) through forward hooks on the
+    ``attention.self.query/key/value`` Linear modules; yields a :class:`CapturedQKV`. The
+    model keeps its attention implementation (SDPA, flash, eager): pair it with the map-free
+    losses of :mod:`kdfast.losses.relation` (``attention_kl_qk``, ``attention_mse_qk``,
+    ``relation_kl``). ``Q K^T / sqrt(d_head)`` are exactly the scores (before the additive mask)
+    that :func:`capture_attention_scores` records. Hooks are removed on exit."""
+    layers = _self_attentions(model)
+    if not layers:
+        raise ValueError("capture_qkv needs a BERT-family model: no self-attention module with "
+                         "query/key/value Linear projections and attention_head_size found")
+    captured = CapturedQKV()
+    handles = []
+
+    def hook(module, sink, record_module):
+        size = module.attention_head_size
+
+        def fn(_linear, _inputs, output):
+            sink.append(output.view(*output.shape[:-1], -1, size).transpose(-3, -2))
+            if record_module:
+                captured.modules.append(module)
+        return fn
+
+    try:
+        for m in layers:
+            handles.append(m.query.register_forward_hook(hook(m, captured.queries, True)))
+            handles.append(m.key.register_forward_hook(hook(m, captured.keys, False)))
+            handles.append(m.value.register_forward_hook(hook(m, captured.values, False)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
