@@ -74,55 +74,62 @@ __global__ void __launch_bounds__(32 * kAttnRowsPerBlock)
       for (int64_t j = lane; j < L; j += 32) {
         Acc a = to_acc(s[j]), bb = to_acc(t[j]);
         bool live = true;
-        if (KIND == 0) {  // TinyBERT: entries <= -100 count 0, with zero gradient
-          live = a > Acc(-100);
+        if (KIND == 0) {  // TinyBERT: entries <= -100 count 0, with zero gradient (NaN stays)
+          live = !(a <= Acc(-100));
           a = live ? a : zero;
-          bb = bb > Acc(-100) ? bb : zero;
+          bb = bb <= Acc(-100) ? zero : bb;
         }
-        const Acc d = a == bb ? zero : a - bb;
         const Acc w = wk ? wk[j] : Acc(1);
-        const Acc wd = w != zero ? w * d : zero;
+        // masked entries (w == 0) count 0 whatever they hold, NaN and inf too
+        const Acc d = (a == bb || w == zero) ? zero : a - bb;
+        const Acc wd = w * d;
         sum += wd * d;
         if (g) store<T, Acc>(g + j, live ? 2 * c * wd : zero);
       }
       loss = c * warp_sum(sum);
-    } else {  // KL over real keys, online softmax per lane, then merged across the warp
-      const Acc ninf = -INFINITY;
-      Acc ms = ninf, zs = 0, mt = ninf, zt = 0, dot = 0;  // dot = sum e^(b - mt) (b - a)
+    } else {  // KL over real keys: maxima, then sums with them, then the gradient
+      // Edges as the CPU row (attention_loss_row.h): all -inf real entries (NaN is not -inf)
+      // count 0, +inf entries take the mass, NaN propagates, shift before scaling by 1/T.
+      const Acc ninf = -INFINITY, pinf = INFINITY;
+      Acc ms = ninf, mt = ninf, s_live = 0, t_live = 0;
       for (int64_t j = lane; j < L; j += 32) {
-        const bool real = wk ? wk[j] != zero : true;
-        if (!real) continue;
-        const Acc a = to_acc(s[j]) * inv_t, bb = to_acc(t[j]) * inv_t;
-        if (a > ms) {
-          zs = (ms == ninf ? zero : zs * exp_acc(ms - a));
-          ms = a;
-        }
-        zs += a == ninf ? zero : exp_acc(a - ms);
-        if (bb > mt) {
-          const Acc alpha = mt == ninf ? zero : exp_acc(mt - bb);
-          zt *= alpha;
-          dot *= alpha;
-          mt = bb;
-        }
-        const Acc eb = bb == ninf ? zero : exp_acc(bb - mt);
-        zt += eb;
-        dot += eb > zero ? eb * (bb - a) : zero;
+        if (wk && wk[j] == zero) continue;
+        const Acc a = to_acc(s[j]), bb = to_acc(t[j]);
+        ms = a > ms ? a : ms;  // NaN never wins
+        mt = bb > mt ? bb : mt;
+        s_live += a != ninf ? Acc(1) : zero;
+        t_live += bb != ninf ? Acc(1) : zero;
       }
-      const Acc gms = warp_max(ms), gmt = warp_max(mt);
-      const bool dead = gms == ninf || gmt == ninf;
-      const Acc fs = ms == ninf ? zero : exp_acc(ms - gms);
-      const Acc ft = mt == ninf ? zero : exp_acc(mt - gmt);
-      zs = warp_sum(zs * fs);
-      zt = warp_sum(zt * ft);
-      dot = warp_sum(dot * ft);
+      ms = warp_max(ms);
+      mt = warp_max(mt);
+      s_live = warp_sum(s_live);
+      t_live = warp_sum(t_live);
+      const bool dead = s_live == zero || t_live == zero;
+      const bool s_inf = ms == pinf;
+      Acc zs = 0, zt = 0, dot = 0;  // dot = sum e^b (b - a)
       if (!dead) {
-        loss = c * (dot / zt + (gms - gmt) + log_acc(zs) - log_acc(zt));
+        for (int64_t j = lane; j < L; j += 32) {
+          if (wk && wk[j] == zero) continue;
+          const Acc sa = to_acc(s[j]), tb = to_acc(t[j]);
+          const Acc a = (sa == ms ? zero : sa - ms) * inv_t, bb = (tb == mt ? zero : tb - mt) * inv_t;
+          const Acc ea = exp_acc(a), eb = exp_acc(bb);
+          zs += ea;
+          zt += eb;
+          dot += eb > zero ? eb * (bb - a) : zero;
+        }
+      }
+      zs = warp_sum(zs);
+      zt = warp_sum(zt);
+      dot = warp_sum(dot);
+      if (!dead) {
+        loss = c * (dot / zt + log_acc(zs) - log_acc(zt));
         if (g) {
           const Acc cs = c * inv_t / zs, ct = c * inv_t / zt;
           for (int64_t j = lane; j < L; j += 32) {
             const bool real = wk ? wk[j] != zero : true;
-            const Acc a = to_acc(s[j]) * inv_t, bb = to_acc(t[j]) * inv_t;
-            const Acc gj = real ? cs * exp_acc(a - gms) - ct * exp_acc(bb - gmt) : zero;
+            const Acc sa = to_acc(s[j]), tb = to_acc(t[j]);
+            const Acc a = (sa == ms ? zero : sa - ms) * inv_t, bb = (tb == mt ? zero : tb - mt) * inv_t;
+            const Acc gj = real && !s_inf ? cs * exp_acc(a) - ct * exp_acc(bb) : zero;
             store<T, Acc>(g + j, gj);
           }
         }

@@ -1,10 +1,11 @@
-// Fused softmax-distillation losses on CUDA (same contract as csrc/cpu/softmax_kd.cpp).
+// Fused softmax-distillation losses on CUDA (same contract and edges as
+// csrc/include/kdfast/softmax_kd_row.h, the CPU row; kdfast/reference/softmax_kd.py defines them).
 //
-// One block per row. Pass 1 reads the row once: every thread keeps an online softmax state
-// (running max and exp-sum) for student/T, teacher/T and, for the hard term, student at
-// temperature 1, plus the teacher-weighted dot product rescaled alongside; the block then
-// merges the states. Pass 2, only when a gradient is wanted, re-reads the row (mostly from
-// L2) and writes the gradient. No host synchronisation, no atomics.
+// One block per row, three passes over the row (the later ones mostly from L2): pass 1 finds
+// the student and teacher maxima (NaN ignored) and counts the -inf entries (a row of only
+// -inf is masked; NaN is not -inf); pass 2 sums the exponentials with the final maxima,
+// shifted BEFORE scaling by 1/T so that logits near the float limit do not overflow; pass 3,
+// only when a gradient is wanted, writes it. No host synchronisation, no atomics.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -36,59 +37,15 @@ template <> __device__ __forceinline__ float log_(float x) { return logf(x); }
 
 template <class Acc> __device__ __forceinline__ Acc neg_inf() { return -INFINITY; }
 
-// Running softmax statistics of a stream of values: max m and sum of exp(x - m).
+// x - m, with +inf - +inf taken as 0 (the +inf entries of a row whose maximum is +inf).
 template <class Acc>
-struct Online {
-  Acc m = neg_inf<Acc>();
-  Acc z = 0;
-  // Adds x; returns the factor the previous sum was rescaled by (for companion sums).
-  __device__ __forceinline__ Acc add(Acc x, Acc& ex) {
-    if (x > m) {
-      const Acc alpha = m == neg_inf<Acc>() ? Acc(0) : exp_(m - x);
-      z = z * alpha + Acc(1);
-      m = x;
-      ex = Acc(1);
-      return alpha;
-    }
-    ex = x == neg_inf<Acc>() ? Acc(0) : exp_(x - m);
-    z += ex;
-    return Acc(1);
-  }
-};
+__device__ __forceinline__ Acc shift(Acc x, Acc m) { return x == m ? Acc(0) : x - m; }
 
-// Folds the softmax state (m2, z2, c2) into (m, z, c); c is a companion sum scaled like z.
+// NaN-ignoring maximum (a NaN operand never wins).
 template <class Acc>
-__device__ __forceinline__ void combine(Acc& m, Acc& z, Acc& c, Acc m2, Acc z2, Acc c2) {
-  const Acc mn = m > m2 ? m : m2;
-  const Acc a = mn == neg_inf<Acc>() ? Acc(0) : exp_(m - mn);
-  const Acc b = mn == neg_inf<Acc>() ? Acc(0) : exp_(m2 - mn);
-  z = z * a + z2 * b;
-  c = c * a + c2 * b;
-  m = mn;
-}
+__device__ __forceinline__ Acc max_(Acc a, Acc b) { return b > a ? b : a; }
 
-// Merges (m, z, companion) triples across the block. Returns the block-wide result in all threads.
-template <class Acc>
-__device__ void merge_block(Acc& m, Acc& z, Acc& c, Acc* sm) {
-  for (int off = 16; off > 0; off >>= 1) {
-    combine(m, z, c, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, z, off),
-            __shfl_xor_sync(0xffffffffu, c, off));
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) {
-    sm[warp] = m;
-    sm[kWarps + warp] = z;
-    sm[2 * kWarps + warp] = c;
-  }
-  __syncthreads();
-  m = neg_inf<Acc>();
-  z = 0;
-  c = 0;
-  // every thread merges the few warp results itself
-  for (int w = 0; w < kWarps; ++w) combine(m, z, c, sm[w], sm[kWarps + w], sm[2 * kWarps + w]);
-}
-
+// Block-wide sum / max; every thread gets the result. sm: kWarps entries of shared memory.
 template <class Acc>
 __device__ Acc sum_block(Acc v, Acc* sm) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -100,75 +57,101 @@ __device__ Acc sum_block(Acc v, Acc* sm) {
   return total;
 }
 
+template <class Acc>
+__device__ Acc max_block(Acc v, Acc* sm) {
+  for (int off = 16; off > 0; off >>= 1) v = max_(v, __shfl_xor_sync(0xffffffffu, v, off));
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = v;
+  __syncthreads();
+  Acc m = neg_inf<Acc>();
+  for (int w = 0; w < kWarps; ++w) m = max_(m, sm[w]);
+  return m;
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads) kd_loss_kernel(KdLossParams p) {
   using C = Codec<T>;
   using Acc = typename C::Acc;
-  __shared__ Acc sm[3 * kWarps];
+  __shared__ Acc sm[kWarps];
   const int64_t row = blockIdx.x;
   const int64_t V = p.cols;
   const T* s = static_cast<const T*>(p.student) + row * V;
   const T* t = static_cast<const T*>(p.teacher) + row * V;
   T* g = p.grad ? static_cast<T*>(p.grad) + row * V : nullptr;
   const Acc ws = static_cast<const Acc*>(p.soft_weight)[row];
-  const bool hard = p.labels != nullptr;
-  const Acc wh = hard ? static_cast<const Acc*>(p.hard_weight)[row] : Acc(0);
-  const int64_t label = hard ? p.labels[row] : -1;
+  const bool has_hard = p.labels != nullptr;
+  const Acc wh = has_hard ? static_cast<const Acc*>(p.hard_weight)[row] : Acc(0);
+  const int64_t label = has_hard ? p.labels[row] : -1;
   const Acc inv_t = Acc(1) / static_cast<Acc>(p.temperature);
   const bool mse = p.kind == 2, kl = p.kind == 0;
-  const bool separate_hard = hard && (mse || inv_t != Acc(1));
+  const bool use_soft = ws != Acc(0), hard = wh != Acc(0);
+  const Acc ninf = neg_inf<Acc>(), pinf = -neg_inf<Acc>();
 
-  Online<Acc> st, tt, s1;
-  Acc dot = 0, sq = 0, unused = 0, ex;
+  // pass 1: maxima (NaN ignored) and the -inf counts
+  Acc ms = ninf, mt = ninf, s_ninf = 0, t_ninf = 0;
   for (int64_t j = threadIdx.x; j < V; j += kThreads) {
     const Acc a = C::load(s + j), b = C::load(t + j);
-    if (mse) {
-      const Acc d = a == b ? Acc(0) : a - b;
-      sq += d * d;
-    } else {
-      st.add(a * inv_t, ex);
-      const Acc alpha = tt.add(b * inv_t, ex);
-      const Acc d = kl ? (b - a) * inv_t : -a * inv_t;
-      dot = dot * alpha + (ex > Acc(0) ? ex * d : Acc(0));
+    ms = max_(ms, a);
+    mt = max_(mt, b);
+    s_ninf += a == ninf ? Acc(1) : Acc(0);
+    t_ninf += b == ninf ? Acc(1) : Acc(0);
+  }
+  ms = max_block(ms, sm);
+  mt = max_block(mt, sm);
+  s_ninf = sum_block(s_ninf, sm);
+  t_ninf = sum_block(t_ninf, sm);
+  const bool s_dead = s_ninf == static_cast<Acc>(V);
+  const bool t_dead = use_soft && !mse && t_ninf == static_cast<Acc>(V);
+  const bool skip = s_dead || t_dead || (!use_soft && !hard);
+  const bool s_inf = ms == pinf;  // the student softmax is constant there: no gradient through it
+
+  // pass 2: sums with the final maxima
+  const bool separate_hard = hard && (!use_soft || mse || inv_t != Acc(1));
+  Acc zs = 0, zt = 0, dot = 0, z1 = 0, sq = 0;
+  if (!skip) {
+    for (int64_t j = threadIdx.x; j < V; j += kThreads) {
+      const Acc sa = C::load(s + j), tb = C::load(t + j);
+      if (use_soft && mse) {
+        const Acc d = sa == tb ? Acc(0) : sa - tb;
+        sq += d * d;
+      } else if (use_soft) {
+        const Acc a = shift(sa, ms) * inv_t, b = shift(tb, mt) * inv_t;
+        const Acc ea = exp_(a), eb = exp_(b);
+        zs += ea;
+        zt += eb;
+        const Acc term = kl ? eb * (b - a) : -eb * a;
+        dot += eb > Acc(0) ? term : Acc(0);
+      }
+      if (separate_hard) z1 += exp_(shift(sa, ms));
     }
-    if (separate_hard) s1.add(a, ex);
   }
-  bool dead = false;
-  Acc soft = 0;
-  if (mse) {
-    soft = sum_block(sq, sm);
-  } else {
-    merge_block(st.m, st.z, unused, sm);
-    merge_block(tt.m, tt.z, dot, sm);
-    dead = st.m == neg_inf<Acc>() || tt.m == neg_inf<Acc>();
-    soft = kl ? dot / tt.z + (log_(st.z) - log_(tt.z)) + (st.m - tt.m) : dot / tt.z + st.m + log_(st.z);
-  }
-  if (separate_hard) {
-    unused = 0;
-    merge_block(s1.m, s1.z, unused, sm);
-    dead = dead || s1.m == neg_inf<Acc>();
-  } else {
-    s1 = st;
-  }
-  const bool skip = dead || (ws == Acc(0) && wh == Acc(0));
+  zs = sum_block(zs, sm);
+  zt = sum_block(zt, sm);
+  dot = sum_block(dot, sm);
+  z1 = sum_block(z1, sm);
+  sq = sum_block(sq, sm);
+  if (!separate_hard) z1 = zs;
   if (threadIdx.x == 0) {
-    Acc loss = ws * soft;
-    if (hard) loss += wh * (s1.m + log_(s1.z) - C::load(s + label));
-    static_cast<Acc*>(p.loss)[row] = skip ? Acc(0) : loss;
+    Acc loss = 0;
+    if (!skip) {
+      if (use_soft) loss = ws * (mse ? sq : (kl ? dot / zt + log_(zs) - log_(zt) : dot / zt + log_(zs)));
+      if (hard) loss += wh * (log_(z1) - shift(C::load(s + label), ms));
+    }
+    static_cast<Acc*>(p.loss)[row] = loss;
   }
   if (!g) return;
   // exp(x - m) / z rounds once less than exp(x - lse): keep the shift and the sum apart.
-  const Acc inv_zs = Acc(1) / st.z, inv_zt = Acc(1) / tt.z, inv_z1 = Acc(1) / s1.z;
+  const Acc inv_zs = Acc(1) / zs, inv_zt = Acc(1) / zt, inv_z1 = Acc(1) / z1;
   for (int64_t j = threadIdx.x; j < V; j += kThreads) {
     Acc gj = 0;
     if (!skip) {
       const Acc a = C::load(s + j), b = C::load(t + j);
-      if (mse) {
+      if (use_soft && mse) {
         gj = Acc(2) * ws * (a == b ? Acc(0) : a - b);
-      } else {
-        gj = ws * inv_t * (exp_(a * inv_t - st.m) * inv_zs - exp_(b * inv_t - tt.m) * inv_zt);
+      } else if (use_soft && !s_inf) {
+        gj = ws * inv_t * (exp_(shift(a, ms) * inv_t) * inv_zs - exp_(shift(b, mt) * inv_t) * inv_zt);
       }
-      if (hard) gj += wh * (exp_(a - s1.m) * inv_z1 - (j == label ? Acc(1) : Acc(0)));
+      if (hard && !s_inf) gj += wh * (exp_(shift(a, ms)) * inv_z1 - (j == label ? Acc(1) : Acc(0)));
     }
     g[j] = C::store(gj);
   }

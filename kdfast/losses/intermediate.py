@@ -151,7 +151,7 @@ def attention_kl(student_scores, teacher_scores, *, attention_mask, temperature=
     Averaged over heads and real query rows (H * sum_b n_b rows) per layer, summed over
     layers; no T^2 factor (MiniLM uses T = 1). Scores may already include the additive mask.
     """
-    temperature = _checks.positive_finite("temperature", temperature)
+    temperature = _checks.temperature(temperature)
     s, t = _check_maps("student_scores", student_scores, "teacher_scores", teacher_scores)
     bsz, heads, length, _ = s[0].shape
     mask = _mask(attention_mask, bsz, length, s[0])
@@ -207,6 +207,8 @@ def value_relation_kl(student_values, teacher_values, *, attention_mask, num_rel
             f"{tuple(vt.shape[:2])}"
         )
     for name, v in (("student_values", vs), ("teacher_values", vt)):
+        if v.shape[-1] == 0:
+            raise ValueError(f"{name} must have a width D >= 1, got shape {tuple(v.shape)}")
         if v.shape[-1] % hs:
             raise ValueError(f"{name} width {v.shape[-1]} is not divisible by {hs} relation heads")
     mask = _mask(attention_mask, vs.shape[0], vs.shape[1], vs)
@@ -228,6 +230,22 @@ def _hidden_layers(name, value):
     raise ValueError(f"{name} must be [B, L, d], [n_layers, B, L, d] or a non-empty sequence of [B, L, d]")
 
 
+def _project(projection, hs, i):
+    """``projection(hs)``, with a clear error for a projection of the wrong input width."""
+    want = getattr(projection, "in_features", None)
+    if isinstance(want, int) and want != hs.shape[-1]:
+        raise ValueError(
+            f"projection takes width {want} but student_hidden[{i}] has width {hs.shape[-1]} "
+            f"(shape {tuple(hs.shape)}): pass projection=Projection({hs.shape[-1]}, d_teacher)")
+    if not callable(projection):
+        raise TypeError(f"projection must be a module or callable, got {type(projection).__name__}")
+    try:
+        return projection(hs)
+    except RuntimeError as exc:
+        raise ValueError(f"projection failed on student_hidden[{i}] of shape {tuple(hs.shape)}: "
+                         f"{exc}") from exc
+
+
 def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mask=None,
                tinybert_compat=False):
     """MSE of ``projection(student)`` against the teacher over mapped layers, summed over layers.
@@ -236,7 +254,9 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
     averaged over real tokens x d_T per layer (``attention_mask``; all tokens without one).
     ``tinybert_compat=True`` is the official code: plain ``MSELoss`` over B*L*d_T, padding
     included (``attention_mask`` ignored). ``projection`` is any module (e.g.
-    :class:`Projection`), applied to every student layer.
+    :class:`Projection`), applied to every student layer. An empty batch (B = 0 or L = 0)
+    gives 0 with a zero gradient, like an all-padded one; padded positions never contribute,
+    whatever they hold (NaN included); a width of 0 raises ValueError.
     """
     s = _hidden_layers("student_hidden", student_hidden)
     t = _hidden_layers("teacher_hidden", teacher_hidden)
@@ -253,7 +273,10 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
                 f"student_hidden[{i}] {tuple(hs.shape)} and teacher_hidden[{i}] {tuple(ht.shape)} "
                 "must be [B, L, d] with the same B and L"
             )
-        p = projection(hs) if projection is not None else hs
+        if ht.shape[-1] == 0 or hs.shape[-1] == 0:
+            raise ValueError(f"student_hidden[{i}] {tuple(hs.shape)} and teacher_hidden[{i}] "
+                             f"{tuple(ht.shape)} must have a width d >= 1")
+        p = _project(projection, hs, i) if projection is not None else hs
         if p.shape[-1] != ht.shape[-1]:
             raise ValueError(
                 f"student_hidden[{i}] has width {p.shape[-1]} (after projection) but teacher_hidden[{i}] "
@@ -262,10 +285,11 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
         acc = _acc(p.dtype)
         sq = (p.to(acc) - ht.to(acc)).pow(2)
         if tinybert_compat or attention_mask is None:
-            layer = sq.mean()
+            layer = sq.sum() / max(1, sq.numel())  # an empty batch (B or L = 0) gives 0
         else:
             m = _mask(attention_mask, hs.shape[0], hs.shape[1], ht)
-            layer = (sq.sum(-1) * m).sum() / (m.sum() * ht.shape[-1]).clamp_min(1)
+            per_token = torch.where(m != 0, sq.sum(-1), torch.zeros_like(m))  # padding: 0, NaN too
+            layer = per_token.sum() / (m.sum() * ht.shape[-1]).clamp_min(1)
         total = layer if total is None else total + layer
     return total if total.dtype == torch.float64 else total.float()
 
@@ -276,11 +300,15 @@ POOLS = ("cls", "mean", "max")
 def pool(hidden, attention_mask=None, how="mean"):
     """Sentence vectors [B, d] from token states [B, L, d]: the ``cls`` (first) token, the
     ``mean`` over real tokens, or the ``max`` over real tokens (a row with no real token
-    gives 0)."""
+    gives 0). Padded positions never contribute, whatever they hold (NaN included). ``hidden``
+    with no token at all (L = 0) raises ValueError."""
     _checks.choice("how", how, POOLS)
     _checks.tensor("hidden", hidden)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, L, d], got shape {tuple(hidden.shape)}")
+    if hidden.shape[1] == 0:
+        raise ValueError(f"hidden must hold at least one token (L >= 1) to pool, got shape "
+                         f"{tuple(hidden.shape)}")
     if how == "cls":
         return hidden[:, 0]
     m = _mask(attention_mask, hidden.shape[0], hidden.shape[1], hidden)
@@ -288,7 +316,8 @@ def pool(hidden, attention_mask=None, how="mean"):
         if m is None:
             return hidden.mean(1)
         w = m.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * w).sum(1) / w.sum(1).clamp_min(1)
+        kept = torch.where(w != 0, hidden * w, torch.zeros_like(hidden))
+        return kept.sum(1) / w.sum(1).clamp_min(1)
     if m is None:
         return hidden.amax(1)
     real = (m != 0).unsqueeze(-1)
@@ -298,17 +327,24 @@ def pool(hidden, attention_mask=None, how="mean"):
 
 def sentence_approx(student_vectors, teacher_vectors, *, kind="mse"):
     """SRA: ``mse`` (mean over B x d, as ``nn.MSELoss``) or ``cosine`` (mean of 1 - cos) between
-    student and teacher sentence vectors [B, d]; float32 result."""
+    student and teacher sentence vectors [B, d]; float32 result. B = 0 gives 0 (zero
+    gradient); d = 0 raises ValueError."""
     _checks.choice("kind", kind, ("mse", "cosine"))
     _checks.tensor("student_vectors", student_vectors)
     _checks.tensor("teacher_vectors", teacher_vectors)
     _checks.same("student_vectors", student_vectors, "teacher_vectors", teacher_vectors)
+    if student_vectors.dim() != 2 or student_vectors.shape[-1] == 0:
+        raise ValueError(f"student_vectors must be [B, d] with d >= 1, got shape "
+                         f"{tuple(student_vectors.shape)}")
     acc = _acc(student_vectors.dtype)
     s, t = student_vectors.to(acc), teacher_vectors.to(acc)
+    # an empty batch (B = 0) gives 0 with a zero gradient, like an all-masked one
     if kind == "mse":
-        out = (s - t).pow(2).mean()
+        sq = (s - t).pow(2)
+        out = sq.sum() / max(1, sq.numel())
     else:
-        out = (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1)).mean()
+        per_row = 1 - torch.nn.functional.cosine_similarity(s, t, dim=-1)
+        out = per_row.sum() / max(1, per_row.numel())
     return out if acc == torch.float64 else out.float()
 
 
@@ -341,6 +377,9 @@ def layer_map(teacher_layers: int, student_layers: int, strategy="uniform", *,
         else:
             idx = list(range(n - m, n))
     else:
+        if not isinstance(strategy, (list, tuple)):
+            raise TypeError(f"strategy must be 'uniform', 'last' or a list of {m} teacher layer "
+                            f"indices, got {type(strategy).__name__} {strategy!r}")
         idx = list(strategy)
         if len(idx) != m or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n
                                 for i in idx):

@@ -26,7 +26,7 @@ def _validate(student, teacher, mask, temperature):
             f"student_logits must have a non-empty last (class) dimension, got {tuple(student.shape)}"
         )
     _checks.row_mask("mask", mask, student, student.shape[:-1])
-    return _checks.positive_finite("temperature", temperature)
+    return _checks.temperature(temperature)
 
 
 def _row_weights(mask, n_rows, classes, reduction, coef, dtype, device):
@@ -126,6 +126,7 @@ def distillation_loss(student_logits, teacher_logits, labels=None, *, kind="kl",
     _checks.choice("reduction", reduction, REDUCTIONS)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    _checks.integer("ignore_index", ignore_index)
     if labels is not None:
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be an integer torch.Tensor, got {type(labels).__name__}")

@@ -39,6 +39,25 @@ def positive_finite(name: str, value) -> float:
     return value
 
 
+# Temperatures kdfast's kernels handle exactly in float32: 1/T and T^2 stay finite there.
+TEMPERATURE_RANGE = (1e-30, 1e15)
+
+
+def temperature(value, name: str = "temperature") -> float:
+    """A finite temperature in TEMPERATURE_RANGE (ValueError/TypeError naming it otherwise)."""
+    value = positive_finite(name, value)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}")
+    return value
+
+
+def integer(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
 def choice(name: str, value, allowed) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")

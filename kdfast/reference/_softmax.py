@@ -25,6 +25,8 @@ def limit_logits(x: torch.Tensor) -> torch.Tensor:
 
 def log_softmax_t(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log_softmax(x / temperature)`` over the last dim, with the rules above."""
+    if x.shape[-1] == 0:  # nothing to normalise (L = 0): an empty result
+        return x / temperature
     x = limit_logits(x)
     m = x.detach().amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # NaN / all -inf rows: no shift

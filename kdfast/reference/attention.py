@@ -57,7 +57,7 @@ def attention_loss_layers(student, teacher, mask, scale, kind: int, temperature:
             row_off = (m == 0)[:, None, :, None]
         else:
             a, b = s, t
-            row_off = torch.zeros_like(s[..., :1], dtype=torch.bool)
+            row_off = torch.zeros(s.shape[:-1] + (1,), dtype=torch.bool, device=s.device)
         dead = (a == neg_inf).all(-1, keepdim=True) | (b == neg_inf).all(-1, keepdim=True) | row_off
         a = torch.where(dead, torch.zeros_like(a), a)  # no NaN leaks from a masked row
         b = torch.where(dead, torch.zeros_like(b), b)

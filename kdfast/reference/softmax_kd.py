@@ -42,10 +42,13 @@ def kd_loss_rows(student, teacher, labels, soft_weight, hard_weight, kind: int,
     s_dead = (s == neg_inf).all(dim=-1)
     t_dead = (t == neg_inf).all(dim=-1) & use_soft if kind != MSE else torch.zeros_like(s_dead)
     dead = s_dead | t_dead | ~(use_soft | use_hard)
-    # Masked rows (and the teacher of rows without a soft term) are replaced by zeros, so that
-    # no NaN or inf there can leak into the loss or the gradient.
-    s = torch.where(dead.unsqueeze(-1), torch.zeros_like(s), s)
-    t = torch.where((dead | ~use_soft).unsqueeze(-1), torch.zeros_like(t), t)
+    # Each term sees zeros in the rows where it does not count (masked rows, the soft term of
+    # rows with ws == 0, the hard term of rows with wh == 0), so no NaN or inf there can leak
+    # into the loss or, through a zero incoming gradient, into the gradient.
+    off_soft = (dead | ~use_soft).unsqueeze(-1)
+    s_hard = torch.where((dead | ~use_hard).unsqueeze(-1), torch.zeros_like(s), s)
+    s = torch.where(off_soft, torch.zeros_like(s), s)
+    t = torch.where(off_soft, torch.zeros_like(t), t)
     if kind == MSE:
         diff = torch.where(s == t, torch.zeros_like(s), s - t)
         soft = (diff * diff).sum(-1)
@@ -60,7 +63,7 @@ def kd_loss_rows(student, teacher, labels, soft_weight, hard_weight, kind: int,
     zero_row = torch.zeros_like(ws)
     loss = torch.where(use_soft, ws * soft, zero_row)
     if hard_weight is not None:
-        log_q1 = log_softmax_t(s, 1.0)
+        log_q1 = log_softmax_t(s_hard, 1.0)
         hard = -log_q1.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
         loss = loss + torch.where(use_hard, wh * hard, zero_row)
     return torch.where(dead, zero_row, loss)

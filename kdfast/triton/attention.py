@@ -46,32 +46,37 @@ def _attention_loss_kernel(s_ptr, t_ptr, g_ptr, s_off_ptr, t_off_ptr, g_off_ptr,
     live_row = (wq != 0)[:, None]
     if KIND == 2:
         real = (wk != 0) & inside
-        a = tl.where(real, s * inv_t, float("-inf"))
-        bb = tl.where(real, t * inv_t, float("-inf"))
-        ms = tl.max(a, 1)
-        mt = tl.max(bb, 1)
-        dead = (ms == float("-inf")) | (mt == float("-inf")) | (wq == 0)
-        ms = tl.where(dead, 0.0, ms)
-        mt = tl.where(dead, 0.0, mt)
-        la = a - ms[:, None]
-        lb = bb - mt[:, None]
-        ea = tl.exp(la)
-        eb = tl.exp(lb)
+        # maxima over real keys (NaN ignored); a row whose real entries are all -inf (NaN is
+        # not -inf), or that has no real key, or a padded query row, counts 0
+        smax = tl.max(tl.where(real & (s == s), s, float("-inf")), 1)
+        tmax = tl.max(tl.where(real & (t == t), t, float("-inf")), 1)
+        s_live = tl.sum(tl.where(real & (s != float("-inf")), 1, 0), 1)
+        t_live = tl.sum(tl.where(real & (t != float("-inf")), 1, 0), 1)
+        dead = (s_live == 0) | (t_live == 0) | (wq == 0)
+        s_inf = smax == float("inf")  # constant student softmax: no gradient through it
+        ms = tl.where(dead, 0.0, smax)[:, None]
+        mt = tl.where(dead, 0.0, tmax)[:, None]
+        # shift (with +inf - +inf = 0) BEFORE scaling by 1/T: no overflow near the float limit
+        la = tl.where(real, tl.where(s == ms, 0.0, s - ms) * inv_t, float("-inf"))
+        lb = tl.where(real, tl.where(t == mt, 0.0, t - mt) * inv_t, float("-inf"))
+        ea = tl.where(real, tl.exp(la), 0.0)
+        eb = tl.where(real, tl.exp(lb), 0.0)
         zs = tl.sum(ea, 1)
         zt = tl.sum(eb, 1)
         dot = tl.sum(tl.where(eb > 0, eb * (lb - la), 0.0), 1)
         row_loss = tl.where(dead, 0.0, c * (dot / zt + tl.log(zs) - tl.log(zt)))
         g = (c * inv_t)[:, None] * (ea / zs[:, None] - eb / zt[:, None])
-        g = tl.where(dead[:, None], 0.0, g)
+        g = tl.where((dead | s_inf)[:, None] | (real == 0), 0.0, g)
     else:
         if KIND == 0:  # TinyBERT: entries <= -100 (masked keys) count as 0, with zero gradient
-            live = s > -100.0
+            live = (s <= -100.0) == 0  # NaN stays live (and NaN)
             s = tl.where(live, s, 0.0)
-            t = tl.where(t > -100.0, t, 0.0)
+            t = tl.where(t <= -100.0, 0.0, t)
         else:
             live = inside
-        d = tl.where(s == t, 0.0, s - t)
-        wd = tl.where(wk != 0, wk * d, 0.0)
+        # masked entries count 0 whatever they hold (NaN and inf too)
+        d = tl.where((s == t) | (wk == 0), 0.0, s - t)
+        wd = wk * d
         row_loss = tl.where(wq != 0, c * tl.sum(wd * d, 1), 0.0)
         g = tl.where(live & live_row, (2.0 * c)[:, None] * wd, 0.0)
     tl.store(part_ptr + layer * n_prog + pid, tl.sum(row_loss, 0))

@@ -1,9 +1,11 @@
 """Triton kernel for the fused softmax-distillation loss family (see kdfast.reference.softmax_kd).
 
-One program per row. Pass 1 streams the row once with an online softmax for student and
-teacher (and the student at temperature 1 for the hard term), accumulating the
-teacher-weighted dot product with the same rescaling, which gives the loss. Pass 2, only when
-a gradient is wanted, re-reads the row and writes the gradient with the final statistics.
+One program per row, the row streamed in blocks. Pass 1 finds the student and teacher
+maxima (NaN ignored) and counts the -inf entries (a row of only -inf is masked; NaN is not
+-inf). Pass 2 sums the exponentials with the final maxima, shifted BEFORE scaling by 1/T
+(logits near the float limit do not overflow), which gives the loss exactly as the CPU
+kernel (csrc/include/kdfast/softmax_kd_row.h) computes it. Pass 3, only when a gradient is
+wanted, writes the gradient. Edges (+inf, NaN, masked terms) as in the reference.
 """
 from __future__ import annotations
 
@@ -15,13 +17,9 @@ _ACC = {torch.float64: tl.float64}
 
 
 @triton.jit
-def _online(m, z, x):
-    """Adds the block x to a running (max, sum of exp) pair; returns the new pair and weights."""
-    m_new = tl.maximum(m, tl.max(x, 0))
-    dead = m_new == float("-inf")
-    alpha = tl.where(dead, 1.0, tl.exp(m - m_new))
-    e = tl.where(dead, 0.0, tl.exp(x - m_new))
-    return m_new, z * alpha + tl.sum(e, 0), alpha, e
+def _shift(x, m):
+    """x - m, with +inf - +inf taken as 0 (the +inf entries of a row whose maximum is +inf)."""
+    return tl.where(x == m, 0.0, x - m)
 
 
 @triton.jit
@@ -34,56 +32,72 @@ def _kd_loss_kernel(s_ptr, t_ptr, g_ptr, labels_ptr, ws_ptr, wh_ptr, loss_ptr, V
     ws = tl.load(ws_ptr + row).to(ACC)
     wh = tl.load(wh_ptr + row).to(ACC) if HAS_HARD else tl.zeros((), ACC)
     label = tl.load(labels_ptr + row) if HAS_HARD else 0
+    use_soft = ws != 0
+    use_hard = wh != 0
     neg_inf = float("-inf")
     offs = tl.arange(0, BLOCK)
 
-    ms = tl.full((), neg_inf, ACC)  # student max (scaled by 1/T), its exp sum
-    zs = tl.zeros((), ACC)
-    mt = tl.full((), neg_inf, ACC)  # teacher, and the teacher-weighted dot product
-    zt = tl.zeros((), ACC)
-    dot = tl.zeros((), ACC)
-    m1 = tl.full((), neg_inf, ACC)  # student at temperature 1 for the hard term
-    z1 = tl.zeros((), ACC)
-    sq = tl.zeros((), ACC)
+    # pass 1: maxima (NaN ignored) and the number of -inf entries of each row
+    ms = tl.full((), neg_inf, ACC)
+    mt = tl.full((), neg_inf, ACC)
+    s_ninf = tl.zeros((), tl.int64)
+    t_ninf = tl.zeros((), tl.int64)
     for start in range(0, V, BLOCK):
         cols = start + offs
         inside = cols < V
         s = tl.load(s_row + cols, mask=inside, other=neg_inf).to(ACC)
         t = tl.load(t_row + cols, mask=inside, other=neg_inf).to(ACC)
+        ms = tl.maximum(ms, tl.max(tl.where(s == s, s, neg_inf), 0))
+        mt = tl.maximum(mt, tl.max(tl.where(t == t, t, neg_inf), 0))
+        s_ninf += tl.sum(tl.where(inside & (s == neg_inf), 1, 0).to(tl.int64), 0)
+        t_ninf += tl.sum(tl.where(inside & (t == neg_inf), 1, 0).to(tl.int64), 0)
+    skip = (s_ninf == V) | ((ws == 0) & (wh == 0))
+    if KIND != 2:  # softmax kinds: an all -inf teacher row is masked where the soft term counts
+        skip = skip | (use_soft & (t_ninf == V))
+    s_inf = ms == float("inf")  # the student softmax is constant there: no gradient through it
+
+    # pass 2: sums with the final maxima
+    zs = tl.zeros((), ACC)
+    zt = tl.zeros((), ACC)
+    dot = tl.zeros((), ACC)
+    z1 = tl.zeros((), ACC)
+    sq = tl.zeros((), ACC)
+    for start in range(0, V, BLOCK):
+        cols = start + offs
+        inside = cols < V
+        s = tl.load(s_row + cols, mask=inside, other=0.0).to(ACC)
+        t = tl.load(t_row + cols, mask=inside, other=0.0).to(ACC)
         if KIND == 2:
-            d = tl.where(s == t, 0.0, s - t)
+            d = tl.where(inside & (s != t), s - t, 0.0)
             sq += tl.sum(d * d, 0)
         else:
-            ms, zs, _, _ = _online(ms, zs, s * inv_t)
-            mt, zt, alpha, et = _online(mt, zt, t * inv_t)
+            a = _shift(s, ms) * inv_t
+            b = _shift(t, mt) * inv_t
+            ea = tl.where(inside, tl.exp(a), 0.0)
+            eb = tl.where(inside, tl.exp(b), 0.0)
+            zs += tl.sum(ea, 0)
+            zt += tl.sum(eb, 0)
             if KIND == 0:
-                d = (t - s) * inv_t
+                term = eb * (b - a)
             else:
-                d = -s * inv_t
-            dot = dot * alpha + tl.sum(tl.where(et > 0, et * d, 0.0), 0)
+                term = -eb * a
+            dot += tl.sum(tl.where(eb > 0, term, 0.0), 0)
         if SEPARATE_HARD:
-            m1, z1, _, _ = _online(m1, z1, s)
+            z1 += tl.sum(tl.where(inside, tl.exp(_shift(s, ms)), 0.0), 0)
 
     if KIND == 2:
-        dead = m1 == neg_inf if SEPARATE_HARD else False
         soft = sq
+    elif KIND == 0:
+        soft = dot / zt + tl.log(zs) - tl.log(zt)
     else:
-        dead = (ms == neg_inf) | (mt == neg_inf)
-        if KIND == 0:
-            soft = dot / zt + (tl.log(zs) - tl.log(zt)) + (ms - mt)
-        else:
-            soft = dot / zt + ms + tl.log(zs)
+        soft = dot / zt + tl.log(zs)
+    loss = tl.where(use_soft, ws * soft, 0.0)
     if HAS_HARD:
         if not SEPARATE_HARD:
-            m1 = ms
             z1 = zs
-        hard = m1 + tl.log(z1) - tl.load(s_row + label).to(ACC)
-        loss = ws * soft + wh * hard
-        silent = (ws == 0) & (wh == 0)
-    else:
-        loss = ws * soft
-        silent = ws == 0
-    skip = dead | silent
+        s_label = tl.load(s_row + label).to(ACC)
+        hard = tl.log(z1) - _shift(s_label, ms)
+        loss += tl.where(use_hard, wh * hard, 0.0)
     tl.store(loss_ptr + row, tl.where(skip, 0.0, loss))
 
     if COMPUTE_GRAD:
@@ -97,11 +111,14 @@ def _kd_loss_kernel(s_ptr, t_ptr, g_ptr, labels_ptr, ws_ptr, wh_ptr, loss_ptr, V
                 g = 2.0 * ws * tl.where(s == t, 0.0, s - t)
             else:
                 # exp(x - m) / z rounds once less than exp(x - lse): keep the shift and the sum apart
-                q = tl.exp(s * inv_t - ms) / zs
-                p = tl.exp(t * inv_t - mt) / zt
-                g = ws * inv_t * (q - p)
+                q = tl.exp(_shift(s, ms) * inv_t) / zs
+                p = tl.exp(_shift(t, mt) * inv_t) / zt
+                g = tl.where(s_inf, 0.0, ws * inv_t * (q - p))
+            g = tl.where(use_soft, g, 0.0)
             if HAS_HARD:
-                g += wh * (tl.exp(s - m1) / z1 - tl.where(cols == label, 1.0, 0.0))
+                p1 = tl.exp(_shift(s, ms)) / z1
+                g += tl.where(use_hard & (ms != float("inf")),
+                              wh * (p1 - tl.where(cols == label, 1.0, 0.0)), 0.0)
             g = tl.where(skip, 0.0, g)
             tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=inside)
 
@@ -123,6 +140,7 @@ def kd_loss(student, teacher, labels, soft_weight, hard_weight, kind: int, tempe
         labels if has_hard else soft_weight, soft_weight,
         hard_weight if has_hard else soft_weight, loss, v, 1.0 / temperature,
         KIND=kind, HAS_HARD=has_hard,
+        # the hard term's softmax needs its own sums unless it is the soft term's (KL/CE at T=1)
         SEPARATE_HARD=has_hard and (kind == 2 or temperature != 1.0),
         COMPUTE_GRAD=compute_grad, ACC=_ACC.get(student.dtype, tl.float32), BLOCK=block,
         num_warps=8 if block >= 2048 else 4,

@@ -1,7 +1,7 @@
 // One query row of the fused attention-map loss family, CPU version (plain C++).
 // See kdfast/reference/attention.py for the definition. For a row s, t of length L (keys),
 // key weights wk (nullptr = all 1) and the row factor c = scale * mask[b, q]:
-//   kind 0 (TinyBERT MSE): x <= -100 -> 0 in s and t, loss c * sum wk (s - t)^2
+//   kind 0 (TinyBERT MSE): x <= -100 -> 0 in s and t (NaN is kept), loss c * sum wk (s - t)^2
 //   kind 1 (MSE):          loss c * sum wk (s - t)^2            (equal entries count 0)
 //   kind 2 (KL):           loss c * KL(softmax(t/T) || softmax(s/T)) over keys with wk != 0
 // and, when g is given, the gradient w.r.t. s in the same pass.
@@ -11,6 +11,7 @@
 
 namespace kdfast::cpu {
 
+// Keep in step with kdfast/reference/kinds.py (tests/test_hostile_losses.py checks it).
 enum AttnKind : int { ATTN_TINYBERT_MSE = 0, ATTN_MSE = 1, ATTN_KL = 2 };
 
 template <class C>
@@ -37,14 +38,15 @@ KDFAST_INLINE typename C::Acc attn_mse_row(const typename C::T* __restrict s,
 #define KDFAST_ATTN_MSE_BODY(CLAMP, WK, GRAD)                              \
   _Pragma("omp simd reduction(+ : sum)") for (int64_t j = 0; j < L; ++j) { \
     Acc a = C::load(s[j]), b = C::load(t[j]);                              \
-    const bool live = CLAMP ? a > thr : true;                              \
+    const bool live = CLAMP ? !(a <= thr) : true; /* NaN stays live */     \
     if (CLAMP) {                                                           \
       a = live ? a : zero;                                                 \
-      b = b > thr ? b : zero;                                              \
+      b = b <= thr ? zero : b;                                             \
     }                                                                      \
-    Acc d = a == b ? zero : a - b;                                         \
     const Acc w = WK ? wk[j] : Acc(1);                                     \
-    const Acc wd = WK ? (w != zero ? w * d : zero) : d; /* 0 * inf -> 0 */  \
+    /* masked entries (w == 0) count 0 whatever they hold, NaN and inf too */ \
+    const Acc d = (a == b || (WK && w == zero)) ? zero : a - b;            \
+    const Acc wd = WK ? w * d : d;                                         \
     sum += wd * d;                                                         \
     if (GRAD) g[j] = C::store(live ? two_c * wd : zero);                   \
   }
@@ -65,8 +67,22 @@ KDFAST_INLINE typename C::Acc attn_mse_row(const typename C::T* __restrict s,
   return c * sum;
 }
 
+// Whether every real key (wk != 0; all keys without wk) of the row is -inf (NaN is not).
+template <class C>
+inline bool attn_all_neg_inf(const typename C::T* __restrict x, const typename C::Acc* __restrict wk,
+                             int64_t L) {
+  using Acc = typename C::Acc;
+  for (int64_t j = 0; j < L; ++j)
+    if ((!wk || wk[j] != Acc(0)) && !(C::load(x[j]) == neg_inf<Acc>())) return false;
+  return true;
+}
+
 // KL(softmax(t/T) || softmax(s/T)) over the keys with wk != 0. es, et: scratch of length L.
 // WK: whether key weights are given (a template flag so that each version vectorises).
+// Edges as kd_row (softmax_kd_row.h): a row whose real student or teacher entries are all
+// -inf counts 0; +inf entries take the row's mass (zero gradient through a student row holding
+// +inf); NaN propagates; the maximum is subtracted before scaling by 1/T. Masked keys get an
+// exact 0 gradient, also in a NaN row.
 template <class C, bool WK>
 KDFAST_INLINE typename C::Acc attn_kl_row_impl(const typename C::T* __restrict s,
                                           const typename C::T* __restrict t,
@@ -76,7 +92,7 @@ KDFAST_INLINE typename C::Acc attn_kl_row_impl(const typename C::T* __restrict s
                                           typename C::Acc* __restrict es,
                                           typename C::Acc* __restrict et) {
   using Acc = typename C::Acc;
-  const Acc zero = 0, ninf = neg_inf<Acc>();
+  const Acc zero = 0, ninf = neg_inf<Acc>(), pinf = -neg_inf<Acc>();
   if (c == zero) {
     attn_zero_grad<C>(g, L);
     return zero;
@@ -89,17 +105,19 @@ KDFAST_INLINE typename C::Acc attn_kl_row_impl(const typename C::T* __restrict s
     smax = a > smax ? a : smax;
     tmax = b > tmax ? b : tmax;
   }
-  if (smax == ninf || tmax == ninf) {  // no real key (or an all -inf row): counts 0
+  if ((smax == ninf && attn_all_neg_inf<C>(s, wk, L)) ||
+      (tmax == ninf && attn_all_neg_inf<C>(t, wk, L))) {  // no real key (or all -inf): counts 0
     attn_zero_grad<C>(g, L);
     return zero;
   }
-  const Acc ms = smax * inv_t, mt = tmax * inv_t;
+  const bool s_inf = smax == pinf;
   Acc zs = 0, zt = 0, dot = 0;
 #pragma omp simd reduction(+ : zs, zt, dot)
   for (int64_t j = 0; j < L; ++j) {
     const bool real = WK ? wk[j] != zero : true;
-    const Acc a = real ? C::load(s[j]) * inv_t - ms : ninf;  // <= 0
-    const Acc b = real ? C::load(t[j]) * inv_t - mt : ninf;
+    const Acc sa = C::load(s[j]), tb = C::load(t[j]);
+    const Acc a = real ? (sa == smax ? zero : sa - smax) * inv_t : ninf;  // <= 0
+    const Acc b = real ? (tb == tmax ? zero : tb - tmax) * inv_t : ninf;
     const Acc ea = exp_acc(a), eb = exp_acc(b);
     es[j] = ea;
     et[j] = eb;
@@ -109,9 +127,16 @@ KDFAST_INLINE typename C::Acc attn_kl_row_impl(const typename C::T* __restrict s
   }
   const Acc loss = dot / zt + std::log(zs) - std::log(zt);
   if (g) {
-    const Acc cs = c * inv_t / zs, ct = c * inv_t / zt;
+    if (s_inf) {
+      attn_zero_grad<C>(g, L);
+    } else {
+      const Acc cs = c * inv_t / zs, ct = c * inv_t / zt;
 #pragma omp simd
-    for (int64_t j = 0; j < L; ++j) g[j] = C::store(cs * es[j] - ct * et[j]);
+      for (int64_t j = 0; j < L; ++j) {
+        const bool real = WK ? wk[j] != zero : true;
+        g[j] = C::store(real ? cs * es[j] - ct * et[j] : zero);
+      }
+    }
   }
   return c * loss;
 }
