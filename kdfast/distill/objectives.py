@@ -17,9 +17,16 @@ examples (``t_logits``, ``t_vec``) or from ONE teacher forward per batch.
 
 :func:`make_loss` maps the old string names (``ce``, ``hard``, ``mse``, ``kl``, ``soft_ce``,
 ``sra-mse``, ``sra-cosine``) to these objects -- the one place that knows them.
+
+A loss whose value is a sum of parts exposes them after each call in ``components``: a dict
+of DETACHED tensors on the loss's device (no host sync; the Distiller sums them on the device
+and reads them at log points): ``LogitLoss`` with hard labels ``hard_ce`` and ``soft``,
+``TinyBERTLoss`` ``attention``/``hidden`` (``attention_kl``/``value_relation`` for MiniLM)
+or ``prediction``.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from kdfast.losses import (
@@ -58,6 +65,7 @@ class LogitLoss:
     ``kl`` (Hinton, T^2-scaled) or ``soft_ce``, at ``temperature``."""
 
     needs = frozenset({"logits"})
+    components: dict = {}
 
     def __init__(self, kind: str = "mse", alpha: float = 0.0, temperature: float = 1.0):
         if kind not in LOGIT_KINDS:
@@ -77,9 +85,19 @@ class LogitLoss:
         from kdfast.losses import distillation_loss
 
         labels = batch.get("labels") if self.alpha > 0 else None
-        return distillation_loss(out.float(), teacher_out["logits"].float(), labels,
+        loss = distillation_loss(out.float(), teacher_out["logits"].float(), labels,
                                  kind=self.kind, alpha=self.alpha if labels is not None else 0.0,
                                  temperature=self.temperature)
+        self.components = {}
+        if labels is not None and not labels.dtype.is_floating_point and out.dim() == 2:
+            with torch.no_grad():  # for logging only: detached, no host sync
+                valid = labels != -100
+                ce = F.cross_entropy(out.detach().float(), labels, ignore_index=-100,
+                                     reduction="sum") / valid.sum().clamp_min(1)
+                soft = (loss.detach() - self.alpha * ce) / (1 - self.alpha) \
+                    if self.alpha < 1 else torch.zeros_like(ce)
+            self.components = {"hard_ce": ce, "soft": soft}
+        return loss
 
 
 class SentenceVectorLoss:
@@ -166,7 +184,8 @@ class TinyBERTLoss:
     ``mode="exact"``: the official code's definitions (scores <= -100 zeroed, means over
     B*H*L*L and B*L*d with padding, prediction ``mean(-p_T * log p_S)`` over batch x classes,
     no T^2); ``mode="masked"``: real tokens only, soft CE summed over classes. The last
-    components are kept in ``self.last`` (floats) for logging."""
+    call's components are in ``self.components`` (detached device tensors, no host sync;
+    ``self.last``: the same as floats, a host read)."""
 
     needs_labels = False
 
@@ -190,7 +209,12 @@ class TinyBERTLoss:
         else:
             self.needs = frozenset({"logits"})
         self.name = f"{'minilm' if style == 'minilm' else 'tinybert'}-{stage}-{mode}"
-        self.last = {}
+        self.components = {}
+
+    @property
+    def last(self) -> dict:
+        """The last components as floats (a host sync: for inspection, not per step)."""
+        return {k: float(v) for k, v in self.components.items()}
 
     def intermediate(self, s, t, mask):
         if self.style == "minilm":
@@ -199,7 +223,7 @@ class TinyBERTLoss:
             heads = s["scores"][-1].shape[1]
             val = value_relation_kl(s["values"][-1], t["values"][-1], attention_mask=mask,
                                     num_relation_heads=heads, backend=self.backend)
-            self.last = {"attention_kl": float(att.detach()), "value_relation": float(val.detach())}
+            self.components = {"attention_kl": att.detach(), "value_relation": val.detach()}
             return att + val
         t_scores = [t["scores"][i] for i in self.att_map]
         t_hidden = [t["hidden"][i] for i in self.hid_map]
@@ -215,7 +239,7 @@ class TinyBERTLoss:
             att = attention_mse(s_scores, t_scores, mode="masked", attention_mask=mask,
                                 backend=self.backend)
             hid = hidden_mse(s["hidden"], t_hidden, projection=proj, attention_mask=mask)
-        self.last = {"attention": float(att.detach()), "hidden": float(hid.detach())}
+        self.components = {"attention": att.detach(), "hidden": hid.detach()}
         return att + hid
 
     def prediction(self, logits, t_logits):
@@ -229,7 +253,7 @@ class TinyBERTLoss:
     def __call__(self, out, batch, teacher_out):
         if self.stage == "prediction":
             loss = self.prediction(out, teacher_out["logits"])
-            self.last = {"prediction": float(loss.detach())}
+            self.components = {"prediction": loss.detach()}
             return loss
         if self.student.taps is None:
             raise RuntimeError("the student captured nothing: intermediate losses need "

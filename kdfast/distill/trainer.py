@@ -26,7 +26,13 @@ teacher's ``forward_batch(batch)``).
 * dev evaluation every ``eval_every`` steps (default: each epoch) with the task metric,
   early stopping after ``patience`` evaluations without improvement, the best student kept;
 * outputs in ``out_dir`` (rank 0, atomically): ``student/`` (config + weights + tokenizer:
-  ``load_student``), ``results.json``, ``report.md``, ``loss_curve.png``.
+  ``load_student``), ``results.json``, ``report.md``, ``loss_curve.png``;
+* scalars while training (``report_to``: ``tensorboard`` | ``wandb`` | ``none``; default
+  TensorBoard when installed, event files in ``out_dir/tensorboard``): every ``log_every``
+  steps the mean loss and each loss component the loss object exposes in its
+  ``components`` dict (TinyBERT: attention, hidden, prediction; hard CE where used), the
+  learning rate and examples/s; the dev metric(s) at every evaluation. Losses and components
+  are summed on the device and read at log points only: no host sync per step.
 
 The output directory follows :mod:`kdfast.distill.outputs` (an existing one is refused
 without ``overwrite``/``resume``; ``overwrite`` clears only a kdfast directory; ``resume``
@@ -49,6 +55,7 @@ from kdfast.data import metrics as M
 from kdfast.data.tokenize import collate, length_batches, to_device
 from kdfast.distill import outputs
 from kdfast.distill.objectives import LOSSES, make_loss
+from kdfast.integrations.logging import REPORT_TO, DeviceMeans, open_writer, resolve_report_to
 
 OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "linear")
@@ -82,6 +89,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
     progress: bool = True
     device: str | None = None
+    report_to: str | None = None  # tensorboard | wandb | none; None/auto: tensorboard if installed
 
     @classmethod
     def build(cls, *option_dicts, base: "TrainConfig | None" = None) -> "TrainConfig":
@@ -138,6 +146,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.metric is not None and self.metric not in M.METRICS:
             raise ValueError(f"metric must be one of {M.METRICS}, got {self.metric!r}")
+        if self.report_to not in (None, "auto") + REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO} (or None/'auto'), got "
+                             f"{self.report_to!r}")
         if self.device is not None and str(self.device).split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         return self
@@ -229,6 +240,9 @@ class Distiller:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
             else:
                 outputs.prepare_output_dir(self.out_dir, overwrite=overwrite, resume=resume)
+        self.report_to = resolve_report_to(cfg.report_to)  # a missing backend: error now
+        self.writer = None  # opened by train() on rank 0
+        self._components = DeviceMeans()
         self.state = TrainState()
         self.best_state = None
         self.opt = self.sched = None
@@ -410,6 +424,9 @@ class Distiller:
         score = self.evaluate(self.dev_data)
         key = score[self.metric]
         st.evals.append((st.step, score))
+        if self.writer is not None:
+            self.writer.log({f"dev/{k}": v for k, v in score.items()
+                             if isinstance(v, (int, float))}, st.step)
         if st.best is None or key > st.best:
             st.best, st.best_step, st.bad_evals = key, st.step, 0
             self.best_state = {k: v.detach().cpu().clone()
@@ -486,15 +503,26 @@ class Distiller:
         st, c = self.state, self.cfg
         st.loss_sum = st.loss_sum + loss.float()
         st.loss_n += 1
+        # the loss object's components (detached device tensors): summed on the device too
+        self._components.add(getattr(self.loss, "components", None))
         if st.step % c.log_every == 0 or st.step == self.total:  # mean since the last log
-            mean = float(st.loss_sum) / st.loss_n
+            n_comp = self._components.n
+            self._components.add({"loss": st.loss_sum}, count=False)
+            sums = self._components.totals()  # ONE host read per log point
+            mean = sums.pop("loss") / st.loss_n
             st.history.append((st.step, mean))
             st.loss_sum, st.loss_n = 0.0, 0
-            if bar is not None:  # throughput over the logging window
-                now = time.perf_counter()
-                rate = (st.examples - self._log_ex) / max(1e-9, now - self._log_t)
+            now = time.perf_counter()  # throughput over the logging window
+            rate = (st.examples - self._log_ex) / max(1e-9, now - self._log_t)
+            self._log_t, self._log_ex = now, st.examples
+            if self.writer is not None:
+                scalars = {"train/loss": mean, "train/examples_per_s": rate}
+                scalars.update({f"train/loss_{k}": v / max(1, n_comp) for k, v in sums.items()})
+                if self.sched is not None:
+                    scalars["train/lr"] = self.sched.get_last_lr()[0]
+                self.writer.log(scalars, st.step)
+            if bar is not None:
                 bar.set_postfix(loss=f"{mean:.4f}", ex_s=f"{rate:.0f}")
-                self._log_t, self._log_ex = now, st.examples
         if bar is not None:
             bar.update(1)
 
@@ -542,16 +570,25 @@ class Distiller:
             bar = tqdm(total=self.total, initial=self.state.step, desc=self.name, unit="step",
                        leave=False)
         self._log_t, self._log_ex = time.perf_counter(), self.state.examples
+        self._components = DeviceMeans()
+        if self.rank == 0:
+            self.writer = open_writer(self.report_to, self.out_dir, name=self.name,
+                                      config=asdict(self.cfg))
         try:
-            done = self.state.step >= self.total
-            while not done:
-                done = self._epoch(bar)
+            try:
+                done = self.state.step >= self.total
+                while not done:
+                    done = self._epoch(bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if self.best_state is not None:  # the returned and saved student is the best on dev
+                self.student.load_state_dict(self.best_state)
+            return self.finish()
         finally:
-            if bar is not None:
-                bar.close()
-        if self.best_state is not None:  # the returned and saved student is the best on dev
-            self.student.load_state_dict(self.best_state)
-        return self.finish()
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
 
     def finish(self) -> dict:
         """Final evaluation, results and (rank 0) the files in ``out_dir``."""
