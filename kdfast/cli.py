@@ -135,6 +135,9 @@ OPTIONS = {
     "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation)"),
     "amp": Opt(None, str, "mixed precision: auto = bf16 on a GPU", ("auto", "bf16", "off")),
     "device": Opt(None, DEVICE, "cpu | cuda (default: cuda when present)"),
+    "report_to": Opt(None, str, "training scalars: tensorboard (in --out/tensorboard) | wandb | "
+                                "none (default: tensorboard when installed)",
+                     ("tensorboard", "wandb", "none")),
     "train_layers": Opt(None, COUNT, "fine-tune only the top N layers + head (default: all)"),
     # soft targets
     "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
@@ -210,7 +213,7 @@ OPTIONS = {
 TASK = ("task", "text_column", "text_b_column", "label_column", "num_labels", "metric", "max_len")
 TRAIN = ("epochs", "max_steps", "batch_size", "optimizer", "lr", "weight_decay", "scheduler",
          "warmup", "grad_clip", "eval_every", "patience", "checkpoint_every", "seed", "amp",
-         "device")
+         "device", "report_to")
 RUN = ("config", "out", "overwrite", "resume", "progress")
 SOFT = ("alpha", "temperature")
 TANG_AUG = ("augment", "n_aug", "p_mask", "p_pos", "p_ng", "transfer_cache")

@@ -85,6 +85,9 @@ OPTIONS = {  # name: (default, type or choices, help)
     "sra_epochs": (3.0, _positive(float), "SRA stage 1 epochs"),
     "fresh": (False, bool, "recompute everything (clears --out, which must be kdfast's)"),
     "quick": (False, bool, "a small smoke run (1,500 training sentences): numbers not meaningful"),
+    "report_to": (None, ("tensorboard", "wandb", "none"), "training scalars of every run: "
+                  "tensorboard (event files in OUT/<run>/tensorboard: tensorboard --logdir OUT) | "
+                  "wandb | none (default: tensorboard when installed)"),
 }
 
 
@@ -157,6 +160,7 @@ def run_demo(args) -> int:
         torch.set_num_threads(_opt(args, "threads"))
     print(f"kdfast demo: CPU, {torch.get_num_threads()} threads; work directory {out}")
     times = {}
+    report = {"report_to": _opt(args, "report_to")} if _opt(args, "report_to") else {}
 
     task = load_task("movie-sentences", seed=0)
     if quick:
@@ -180,7 +184,7 @@ def run_demo(args) -> int:
         teacher, _ = finetune(base, task, out / "teacher", overwrite=True,
                               train_layers=_opt(args, "teacher_layers"),
                               epochs=_opt(args, "teacher_epochs"), lr=_opt(args, "teacher_lr"),
-                              amp="bf16" if bf16 else "off", device="cpu")
+                              amp="bf16" if bf16 else "off", device="cpu", **report)
     times["teacher fine-tuning"] = time.perf_counter() - t0
     teacher.cpu().eval()
     test_ex = encode(tokenizer, task.test.texts, None, task.test.labels, max_len=64)
@@ -191,7 +195,7 @@ def run_demo(args) -> int:
     optim = _opt(args, "student_optimizer")
     lr = _opt(args, "student_lr") or {"adadelta": 1.0, "adam": 1e-3}.get(optim, 1e-3)
     common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", seed=0,
-                  embedding_mode=_opt(args, "embedding_mode"), optimizer=optim, lr=lr)
+                  embedding_mode=_opt(args, "embedding_mode"), optimizer=optim, lr=lr, **report)
     distilled, r_kd = _cached(out / "tang", fresh, lambda: tang(
         str(t_dir), task, out / "tang", n_iter=_opt(args, "n_iter"),
         epochs=_opt(args, "student_epochs"), patience=1, teacher_bf16=bf16,
@@ -231,7 +235,7 @@ def run_demo(args) -> int:
                              hidden_size=192, num_heads=12, intermediate_size=768, augment=False,
                              step1={"max_steps": _opt(args, "etd_steps")},
                              step2={"epochs": 1, "lr": 1e-4}, batch_size=32, lr=1e-4,
-                             tokenizer=tokenizer, overwrite=True)
+                             tokenizer=tokenizer, overwrite=True, **report)
         times["ETD student"] = time.perf_counter() - t0
         etd_row = ("BERT 3-layer, ETD-Impt + TinyBERT distillation", e_model,
                    r_etd["results"]["test"]["accuracy"])
