@@ -15,11 +15,54 @@ _modules: dict[str, object] = {}
 _missing: dict[str, str] = {}
 
 
+_FALLBACK = {"cpu": "using the reference backend", "cuda": "using triton or the reference backend"}
+_REINSTALL = ("reinstall kdfast for this torch (from source: pip install --no-build-isolation "
+              "<kdfast source dir>; or a kdfast wheel built with torch {running})")
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _build_mismatch(module: str) -> str | None:
+    """Why ``module`` must not be loaded into the running torch, from the build record that
+    setup.py writes (kdfast/_build_info.py); None when it may. libtorch's C++ ABI is not stable
+    across minor versions, so a .so built for another torch major.minor is never dlopen'ed."""
+    try:
+        from kdfast import _build_info as b
+    except ImportError:  # built before build records existed: let the import decide
+        return None
+    running = _major_minor(torch.__version__)
+    if module not in b.EXTENSIONS:
+        return f"{module} was not built ({b.CUDA_SKIPPED or 'not requested at build time'})"
+    built = _major_minor(b.TORCH_VERSION)
+    if built != running:
+        return (f"{module} was built for torch {built} but torch {running} is running: "
+                + _REINSTALL.format(running=running))
+    abi = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    if b.CXX11_ABI != abi:
+        return (f"{module} was built with _GLIBCXX_USE_CXX11_ABI={int(b.CXX11_ABI)} but the "
+                f"running torch {torch.__version__} uses {int(abi)}: "
+                + _REINSTALL.format(running=running))
+    if module == "kdfast._cuda" and b.TORCH_CUDA and torch.version.cuda and (
+            b.TORCH_CUDA.split(".")[0] != torch.version.cuda.split(".")[0]):
+        return (f"{module} was built for CUDA {b.TORCH_CUDA} but torch {torch.__version__} uses "
+                f"CUDA {torch.version.cuda}: " + _REINSTALL.format(running=running))
+    return None
+
+
 def _load(backend: str, module: str) -> None:
+    why = _build_mismatch(module)
+    if why is not None:
+        _missing[backend] = f"{why} -- {_FALLBACK[backend]}"
+        return
     try:
         _modules[backend] = importlib.import_module(module)
-    except Exception as exc:  # ImportError, or an undefined symbol from an ABI mismatch
-        _missing[backend] = f"{module} could not be imported: {exc}"
+    except Exception as exc:  # ImportError, or OSError/undefined symbol from an ABI mismatch
+        _missing[backend] = (f"{module} could not be loaded into torch {torch.__version__} "
+                             f"({type(exc).__name__}: {exc}): "
+                             + _REINSTALL.format(running=_major_minor(torch.__version__))
+                             + f" -- {_FALLBACK[backend]}")
 
 
 _load("cpu", "kdfast._C")
