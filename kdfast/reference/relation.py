@@ -38,8 +38,15 @@ def relation_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def relation_loss(student, teacher, mask, scale, kind: int) -> torch.Tensor:
     """The loss [1] (see the module docstring)."""
-    s = relation_scores(student[0], student[1])
-    t = relation_scores(teacher[0], teacher[1])
+    pairs = []
+    for a, b in (student, teacher):
+        if mask is not None:  # padded positions never contribute (no NaN leaks via 0 * NaN)
+            keep = (mask != 0)[:, None, :, None]
+            b = torch.where(keep, b, torch.zeros_like(b))
+            if kind != ATTN_TINYBERT_MSE:  # TinyBERT counts padded query rows
+                a = torch.where(keep, a, torch.zeros_like(a))
+        pairs.append(relation_scores(a, b))
+    s, t = pairs
     acc = s.dtype
     if kind in (ATTN_KL, ATTN_MSE):
         return attention_loss_layers([s], [t], mask, scale, kind, 1.0).reshape(1)

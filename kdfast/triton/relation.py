@@ -22,13 +22,14 @@ _ACC = {torch.float64: tl.float64}
 
 
 @triton.jit
-def _tiles(a_ptr, b_ptr, rows, cols, L, d, D: tl.constexpr, c, ACC: tl.constexpr):
-    """c * A[rows] B[cols]^T for one plane (A, B at their plane base)."""
+def _tiles(a_ptr, b_ptr, rows, cols, row_ok, col_ok, d, D: tl.constexpr, c, ACC: tl.constexpr):
+    """c * A[rows] B[cols]^T for one plane (A, B at their plane base); rows / columns that do
+    not count load as 0, so that whatever they hold (NaN) never reaches a gradient product."""
     e = tl.arange(0, D)
     a = tl.load(a_ptr + rows[:, None] * d + e[None, :],
-                mask=(rows[:, None] < L) & (e[None, :] < d), other=0.0).to(ACC)
+                mask=row_ok[:, None] & (e[None, :] < d), other=0.0).to(ACC)
     b = tl.load(b_ptr + cols[:, None] * d + e[None, :],
-                mask=(cols[:, None] < L) & (e[None, :] < d), other=0.0).to(ACC)
+                mask=col_ok[:, None] & (e[None, :] < d), other=0.0).to(ACC)
     return tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=ACC) * c, a, b
 
 
@@ -104,8 +105,8 @@ def _rel_fwd(as_ptr, bs_ptr, at_ptr, bt_ptr, ga_ptr, mask_ptr, scale_ptr, lse_pt
             cols = n0 + tl.arange(0, BN)
             wk = _key_weights(mask_ptr, b, cols, L, HAS_MASK, ACC)
             real = (wk != 0)[None, :]
-            s, _a, _b = _tiles(a_s, b_s, rows, cols, L, ds, DS, cs, ACC)
-            t, _a, _b = _tiles(a_t, b_t, rows, cols, L, dt, DT, ct, ACC)
+            s, _a, _b = _tiles(a_s, b_s, rows, cols, cq != 0, wk != 0, ds, DS, cs, ACC)
+            t, _a, _b = _tiles(a_t, b_t, rows, cols, cq != 0, wk != 0, dt, DT, ct, ACC)
             s = tl.where(real, s, float("-inf"))
             t = tl.where(real, t, float("-inf"))
             ns = tl.maximum(ms, tl.max(tl.where(s == s, s, float("-inf")), 1))
@@ -127,8 +128,8 @@ def _rel_fwd(as_ptr, bs_ptr, at_ptr, bt_ptr, ga_ptr, mask_ptr, scale_ptr, lse_pt
     for n0 in range(0, L, BN):
         cols = n0 + tl.arange(0, BN)
         wk = _key_weights(mask_ptr, b, cols, L, HAS_MASK, ACC)
-        s, _a, kb = _tiles(a_s, b_s, rows, cols, L, ds, DS, cs, ACC)
-        t, _a, _b = _tiles(a_t, b_t, rows, cols, L, dt, DT, ct, ACC)
+        s, _a, kb = _tiles(a_s, b_s, rows, cols, cq != 0, wk != 0, ds, DS, cs, ACC)
+        t, _a, _b = _tiles(a_t, b_t, rows, cols, cq != 0, wk != 0, dt, DT, ct, ACC)
         row_loss, g = _grad_tile(s, t, cq, wk, lse_s, lse_t, KIND)
         total += row_loss
         if COMPUTE_GRAD:
@@ -159,8 +160,8 @@ def _rel_bwd(as_ptr, bs_ptr, at_ptr, bt_ptr, gb_ptr, mask_ptr, scale_ptr, lse_pt
     for m0 in range(0, L, BM):
         rows = m0 + tl.arange(0, BM)
         cq = _row_weights(mask_ptr, b, rows, L, scale, HAS_MASK, KIND != 0, ACC)
-        s, qa, _b = _tiles(a_s, b_s, rows, cols, L, ds, DS, cs, ACC)
-        t, _a, _b = _tiles(a_t, b_t, rows, cols, L, dt, DT, ct, ACC)
+        s, qa, _b = _tiles(a_s, b_s, rows, cols, cq != 0, wk != 0, ds, DS, cs, ACC)
+        t, _a, _b = _tiles(a_t, b_t, rows, cols, cq != 0, wk != 0, dt, DT, ct, ACC)
         if KIND == 2:
             ok = rows < L
             lse_s = tl.load(lse_ptr + (p * L + rows) * 2, mask=ok, other=0.0)
