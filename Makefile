@@ -53,6 +53,10 @@ wheel-only:
 	cd "$(WHEEL_SRC)" && "$(PY)" -m pip wheel -q --no-build-isolation --no-deps \
 	  -w "$(abspath $(DIST))" .
 	ls -l "$(DIST)"/kdfast-*.whl
+	@echo "build record (kdfast/_build_info.py in the wheel; CUDA_SKIPPED says why no _cuda):"
+	@"$(PY)" -c "import glob, sys, zipfile; w = glob.glob(sys.argv[1] + '/kdfast-*.whl')[0]; \
+	  t = zipfile.ZipFile(w).read('kdfast/_build_info.py').decode(); \
+	  print('\n'.join('  ' + l for l in t.splitlines() if ' = ' in l))" "$(DIST)"
 
 # make cuda-build: the CUDA build against a CUDA torch in a side environment, on a machine
 # with nvcc and no GPU. Not in CI: it downloads a CUDA torch and its nvidia-* packages (~2.6 GB,
