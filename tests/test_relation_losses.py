@@ -3,8 +3,9 @@ materialised float64 formula, equality with the map losses, gradients, dtypes, e
 opcheck, torch.compile and capture_qkv. Sizes are tiny: the Triton kernels run on the CPU
 interpreter here.
 
-The C++ op (torch.ops.kdfast.relation_loss) is tested when kdfast._C has it; a development
-build can be loaded with KDFAST_RELATION_DEV_SO=/path/to/lib.so.
+The C++ op (torch.ops.kdfast.relation_loss) is tested when kdfast._C has it; a private build
+(op renamed relation_loss_dev, see kdfast.ops.relation.use_dev_build) is used instead with
+KDFAST_RELATION_DEV_SO=/path/to/lib.so.
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import os
 import pytest
 import torch
 
-if os.environ.get("KDFAST_RELATION_DEV_SO"):
-    torch.ops.load_library(os.environ["KDFAST_RELATION_DEV_SO"])
-
 import kdfast  # noqa: E402,F401
 from kdfast import _ext  # noqa: E402
 from kdfast.losses import attention_kl, attention_mse, value_relation_kl  # noqa: E402
 from kdfast.losses.relation import attention_kl_qk, attention_mse_qk, relation_kl  # noqa: E402
 from kdfast.ops import relation as rel_ops  # noqa: E402
+
+if os.environ.get("KDFAST_RELATION_DEV_SO"):  # a private build (op renamed relation_loss_dev)
+    rel_ops.use_dev_build(os.environ["KDFAST_RELATION_DEV_SO"])
 
 HAS_CPU = rel_ops.compiled_op() is not None
 HAS_TRITON = _ext.has("triton")
@@ -328,7 +329,7 @@ def _op_args(compute_grad, kind, shared=False):
 def test_opcheck_cpu(compute_grad):
     kwargs = {} if compute_grad else {"test_utils": ("test_schema", "test_faketensor")}
     for kind in (0, 1, 2):
-        torch.library.opcheck(torch.ops.kdfast.relation_loss.default, _op_args(compute_grad, kind),
+        torch.library.opcheck(rel_ops.compiled_op().default, _op_args(compute_grad, kind),
                               **kwargs)
 
 

@@ -8,6 +8,7 @@ SUITES = {
     "intermediate": "kdfast.bench.intermediate",
     "bilstm": "kdfast.bench.bilstm",
     "etd": "kdfast.bench.etd",
+    "relation": "kdfast.bench.relation",
 }
 
 

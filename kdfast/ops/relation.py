@@ -69,6 +69,16 @@ def compiled_op():
 compiled_op()
 
 
+def use_dev_build(path: str):
+    """Development only: load a private build of csrc/cpu/relation.cpp whose op is renamed
+    ``kdfast::relation_loss_dev`` (so it can sit beside an installed kdfast._C that already
+    defines ``relation_loss``) and make it the ``cpu`` backend of this process."""
+    global _compiled
+    torch.ops.load_library(path)
+    _compiled = _fused.register("kdfast::relation_loss_dev", **_RULE)
+    return _compiled
+
+
 def _triton_impl(student: list[torch.Tensor], teacher: list[torch.Tensor],
                  mask: torch.Tensor | None, scale: torch.Tensor, kind: int,
                  compute_grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
