@@ -312,8 +312,7 @@ def cmd_sra(o) -> int:
 
 def _transformer(o):
     """Options shared by tinybert and etd, in the library's words."""
-    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "temperature", "backend"),
-                {})
+    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "temperature", "backend"))
     if o.get("n_aug") is not None:
         kw["n_a"] = o["n_aug"]
     step1 = _given(o, ("step1_epochs",), {"step1_epochs": "epochs"})
