@@ -24,6 +24,7 @@ from kdfast.losses.intermediate import (
     sentence_approx,
     value_relation_kl,
 )
+from kdfast.losses.relation import attention_kl_qk, attention_mse_qk, relation_kl
 
 __all__ = [
     "DistillationLoss", "KLDivLoss", "LogitsMSELoss", "SoftCrossEntropyLoss",
@@ -31,4 +32,5 @@ __all__ = [
     "AttentionKLLoss", "AttentionMSELoss", "HiddenMSELoss", "Projection", "SentenceApproxLoss",
     "ValueRelationKLLoss", "attention_kl", "attention_mse", "hidden_mse", "layer_map", "pool",
     "sentence_approx", "value_relation_kl",
+    "attention_kl_qk", "attention_mse_qk", "relation_kl",
 ]

@@ -7,6 +7,13 @@ the module that happens to use it is imported). The fused-gradient families shar
 registration helper (:mod:`kdfast.ops._fused`) and every family shares one backend rule
 (:mod:`kdfast.ops._backend`).
 """
-from kdfast.ops import attention, bilstm, importance, softmax_kd, value_relation  # noqa: F401
+from kdfast.ops import (  # noqa: F401
+    attention,
+    bilstm,
+    importance,
+    relation,
+    softmax_kd,
+    value_relation,
+)
 
-__all__ = ["attention", "bilstm", "importance", "softmax_kd", "value_relation"]
+__all__ = ["attention", "bilstm", "importance", "relation", "softmax_kd", "value_relation"]
