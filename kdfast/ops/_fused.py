@@ -125,8 +125,11 @@ class _Rule:
 
     def _differentiate_reference(self, ctx, saved, grad_loss):
         inputs = self._inputs(ctx, saved)
-        student = inputs[0] if ctx.is_list else [inputs[0]]
         with torch.enable_grad():
+            # Fresh aliases: the gradient must be the partial derivative w.r.t. each student
+            # input even when one input is computed from another (layers of the same tensor).
+            student = [x.view_as(x) for x in (inputs[0] if ctx.is_list else [inputs[0]])]
+            inputs[0] = student if ctx.is_list else student[0]
             loss = self.reference(*inputs[:-1])
             grads = torch.autograd.grad(loss, student, grad_loss.reshape(loss.shape),
                                         create_graph=True, allow_unused=True)
