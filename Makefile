@@ -77,4 +77,4 @@ cuda-build:
 	cd /tmp && "$(abspath $(CUDA_VENV))/bin/python" "$(abspath benchmarks/cuda_build_check.py)"
 
 clean:
-	rm -rf build $(VENV) kdfast/*.so
+	rm -rf build $(VENV) kdfast/*.so kdfast/_build_info.py $(DIST)
