@@ -56,7 +56,7 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
                           num_layers=num_layers, dropout=dropout)
     common = dict(seed=seed, progress=progress)
     cfg1 = plumbing.train_config(SRA_STAGE1, common,
-                                 {k: train[k] for k in ("log_every", "device", "amp") if k in train},
+                                 {k: train[k] for k in ("log_every", "device", "amp", "report_to") if k in train},
                                  stage1, {"patience": None})
     cfg1.patience = None  # no dev set in stage 1
     opts2.train_config(False, dict(train, **common))  # stage 2's options fail here, early
