@@ -55,9 +55,8 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
                           lstm_hidden_size=lstm_hidden_size, fc_size=fc_size, pooling=pooling,
                           num_layers=num_layers, dropout=dropout)
     common = dict(seed=seed, progress=progress)
-    cfg1 = plumbing.train_config(SRA_STAGE1, common,
-                                 {k: train[k] for k in ("log_every", "device", "amp", "report_to") if k in train},
-                                 stage1, {"patience": None})
+    shared = {k: train[k] for k in ("log_every", "device", "amp", "report_to") if k in train}
+    cfg1 = plumbing.train_config(SRA_STAGE1, common, shared, stage1, {"patience": None})
     cfg1.patience = None  # no dev set in stage 1
     opts2.train_config(False, dict(train, **common))  # stage 2's options fail here, early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
