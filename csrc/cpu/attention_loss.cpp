@@ -16,7 +16,6 @@
 
 #include "kdfast/attention_loss_row.h"
 #include "kdfast/attention_loss_torch.h"
-#include "kdfast/huge_pages.h"
 
 namespace kdfast::cpu {
 namespace {
@@ -96,10 +95,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cpu(
   for (size_t l = 0; l < student.size(); ++l) {
     s.push_back(student[l].contiguous());  // no copy for the usual contiguous maps
     t.push_back(teacher[l].contiguous());
-    if (compute_grad) {
-      g.push_back(at::empty_like(s.back()));
-      advise_huge_pages(g.back().mutable_data_ptr(), g.back().nbytes());
-    }
+    // No madvise(MADV_HUGEPAGE) on these fresh [B, H, L, L] buffers: with THP defrag
+    // "madvise" it stalled in direct compaction (4 x [32,12,128,128] fp32 fwd+bwd, 2 threads,
+    // 40 calls interleaved with other allocations: p90 117 ms / max 213 ms with the advice,
+    // 77 / 92 ms without, median 45 vs 47 ms).
+    if (compute_grad) g.push_back(at::empty_like(s.back()));
   }
   const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto sc = scale.contiguous();

@@ -12,7 +12,6 @@
 
 #include <vector>
 
-#include "kdfast/huge_pages.h"
 #include "kdfast/softmax_kd_row.h"
 #include "kdfast/softmax_kd_torch.h"
 
@@ -74,7 +73,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student, const 
   }
   auto loss = at::empty({N}, a.student.options().dtype(a.acc_type));
   auto grad = compute_grad ? at::empty_like(a.student) : at::empty({0}, a.student.options());
-  advise_huge_pages(grad.data_ptr(), grad.nbytes());  // fewer first-touch faults on [N, V]
+  // No madvise(MADV_HUGEPAGE) here (see attention_loss.cpp): direct-compaction stalls made
+  // the time swing between calls; THP_MEM_ALLOC_ENABLE=1 gives torch's own huge-page allocator.
   const auto &s = a.student, &t = a.teacher, &ws = a.soft_weight, &lab = a.labels, &wh = a.hard_weight;
   switch (student.scalar_type()) {
     case at::kFloat: launch<F32>(kd_rows_f32, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;

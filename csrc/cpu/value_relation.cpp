@@ -13,7 +13,6 @@
 
 #include <vector>
 
-#include "kdfast/huge_pages.h"
 #include "kdfast/value_relation_plane.h"
 
 namespace kdfast::cpu {
@@ -83,7 +82,6 @@ std::tuple<at::Tensor, at::Tensor> value_relation_cpu(const at::Tensor& student,
               "value_relation: scale must be one element of the accumulation dtype");
   const auto sc = scale.contiguous();
   auto grad = compute_grad ? at::empty_like(vs) : at::empty({0}, vs.options());
-  if (compute_grad) advise_huge_pages(grad.mutable_data_ptr(), grad.nbytes());
   if (vs.numel() == 0 || vt.numel() == 0) {
     if (compute_grad) grad.zero_();
     return {at::zeros({1}, vs.options().dtype(acc_type)), grad};

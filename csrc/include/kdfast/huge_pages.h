@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -14,10 +16,20 @@
 
 namespace kdfast::cpu {
 
+// KDFAST_HUGE_PAGES=off (read once) turns the advice off, to measure or to avoid stalls in
+// the kernel's direct compaction where THP defrag is "madvise".
+inline bool huge_page_advice_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("KDFAST_HUGE_PAGES");
+    return v == nullptr || std::strcmp(v, "off") != 0;
+  }();
+  return on;
+}
+
 inline void advise_huge_pages(void* ptr, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t huge = uintptr_t(1) << 21;
-  if (ptr == nullptr || bytes < 4 * huge) return;
+  if (ptr == nullptr || bytes < 4 * huge || !huge_page_advice_enabled()) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(ptr) + huge - 1) & ~(huge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(huge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
