@@ -616,3 +616,23 @@ def test_bad_arguments_name_the_argument(case):
     fn, exc, words = BAD[case]
     with pytest.raises(exc, match=words):
         fn()
+
+
+def test_double_backward_with_a_layer_that_needs_no_gradient():
+    """create_graph through a list input where one student layer does not require grad."""
+    torch.manual_seed(0)
+    s1 = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    s2 = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    t1, t2 = torch.randn_like(s1), torch.randn_like(s1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    for backend in ("reference",) + (("cpu",) if _ext.has("cpu") else ()):
+        loss = losses.attention_mse([s1, s2], [t1, t2], mode="masked", attention_mask=mask,
+                                    backend=backend)
+        (g,) = torch.autograd.grad(loss, s1, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), s1)
+        ref = losses.attention_mse([s1, s2], [t1, t2], mode="masked", attention_mask=mask,
+                                   backend="reference")
+        (g_ref,) = torch.autograd.grad(ref, s1, create_graph=True)
+        (gg_ref,) = torch.autograd.grad(g_ref.square().sum(), s1)
+        torch.testing.assert_close(g, g_ref)
+        torch.testing.assert_close(gg, gg_ref)

@@ -131,9 +131,11 @@ class _Rule:
             student = [x.view_as(x) for x in (inputs[0] if ctx.is_list else [inputs[0]])]
             inputs[0] = student if ctx.is_list else student[0]
             loss = self.reference(*inputs[:-1])
-            grads = torch.autograd.grad(loss, student, grad_loss.reshape(loss.shape),
-                                        create_graph=True, allow_unused=True)
-        return [torch.zeros_like(s) if g is None else g for s, g in zip(student, grads)]
+            wanted = [s for s in student if s.requires_grad]  # a list may mix both kinds
+            grads = iter(torch.autograd.grad(loss, wanted, grad_loss.reshape(loss.shape),
+                                             create_graph=True, allow_unused=True))
+        out = [next(grads) if s.requires_grad else None for s in student]
+        return [torch.zeros_like(s) if g is None else g for s, g in zip(student, out)]
 
 
 def register(op, *, fake: Callable, reference: Callable, weight: Callable):
