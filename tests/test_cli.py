@@ -213,7 +213,6 @@ def test_bad_csv_files_are_user_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A tiny pre-trained BERT on disk and a CSV task (train/dev/test beside each other)."""
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("cli")
     tok = _tiny.tokenizer(d)
     raw = _tiny.teacher(tok)

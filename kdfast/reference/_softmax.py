@@ -23,11 +23,17 @@ def limit_logits(x: torch.Tensor) -> torch.Tensor:
     return torch.where(has_pos, lim, x)
 
 
-def log_softmax_t(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``log_softmax(x / temperature)`` over the last dim, with the rules above."""
+def scaled_logits(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(x - rowmax) / temperature`` with the rules above: softmax of it is softmax(x / T)."""
     if x.shape[-1] == 0:  # nothing to normalise (L = 0): an empty result
         return x / temperature
     x = limit_logits(x)
     m = x.detach().amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # NaN / all -inf rows: no shift
-    return torch.log_softmax((x - m) / temperature, dim=-1)
+    return (x - m) / temperature
+
+
+def log_softmax_t(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log_softmax(x / temperature)`` over the last dim, with the rules above."""
+    x = scaled_logits(x, temperature)
+    return x if x.shape[-1] == 0 else torch.log_softmax(x, dim=-1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from kdfast.reference._softmax import log_softmax_t
+from kdfast.reference._softmax import log_softmax_t, scaled_logits
 from kdfast.reference.kinds import KD_KL as KL, KD_MSE as MSE, KD_SOFT_CE as SOFT_CE  # noqa: F401
 
 
@@ -53,13 +53,18 @@ def kd_loss_rows(student, teacher, labels, soft_weight, hard_weight, kind: int,
         diff = torch.where(s == t, torch.zeros_like(s), s - t)
         soft = (diff * diff).sum(-1)
     else:
-        log_q = log_softmax_t(s, temperature)
+        z = scaled_logits(s, temperature)
         log_p = log_softmax_t(t, temperature)
         p = log_p.exp()
-        # where p == 0 the term is 0; the where keeps its gradient finite too (NaN p stays NaN)
+        # where p == 0 a term is 0; the where keeps its gradient finite too (NaN p stays NaN)
         zero = torch.zeros_like(p)
-        inner = torch.where(p == 0, zero, log_p - log_q if kind == KL else -log_q)
-        soft = (p * inner).sum(-1)
+        # -sum(p log_softmax(z)) written as logsumexp(z) - sum(p z) (sum p = 1): its student
+        # gradient is softmax(z) - p, exactly 0 where the rows agree, however small T is
+        # (through log_softmax it is softmax(z) * sum(p) - p, whose rounding 1/T magnifies)
+        cross = torch.logsumexp(z, -1) - torch.where(p == 0, zero, p * z).sum(-1)
+        if s.shape[-1] == 0:
+            cross = z.sum(-1)
+        soft = cross + torch.where(p == 0, zero, p * log_p).sum(-1) if kind == KL else cross
     zero_row = torch.zeros_like(ws)
     loss = torch.where(use_soft, ws * soft, zero_row)
     if hard_weight is not None:
