@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from kdfast.losses.intermediate import _acc
+from kdfast.losses.intermediate import _mask as padding_mask
 from kdfast.ops import _checks
 from kdfast.ops import relation as _ops
 from kdfast.reference.kinds import ATTN_KL, ATTN_MSE, ATTN_TINYBERT_MSE
@@ -27,10 +29,6 @@ from kdfast.reference.kinds import ATTN_KL, ATTN_MSE, ATTN_TINYBERT_MSE
 MODES = ("tinybert", "masked")
 
 __all__ = ["relation_kl", "attention_kl_qk", "attention_mse_qk"]
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _positive_int(name, value):
@@ -98,24 +96,9 @@ def _prepare(names, tensors, heads, mask, *, mask_required=False):
     if length > _ops.MAX_LENGTH:
         raise ValueError(f"{names[0]} has sequence length {length}: the relation kernels take "
                          f"L <= {_ops.MAX_LENGTH}")
-    m = _mask(mask, bsz, length, sa, required=mask_required)
+    m = padding_mask(mask, bsz, length, sa, required=mask_required)
+    m = None if m is None else m.contiguous()
     return [sa, sb], [ta, tb], m
-
-
-def _mask(mask, bsz, length, like, *, required=False, name="attention_mask"):
-    if mask is None:
-        if required:
-            raise ValueError(f"{name} is required here (a [B, L] padding mask, 1 = real token)")
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [B, L], got {type(mask).__name__}")
-    if tuple(mask.shape) != (bsz, length):
-        raise ValueError(f"{name} must have shape {(bsz, length)} ([B, L]), got {tuple(mask.shape)}")
-    if mask.device != like.device:
-        raise ValueError(f"{name} is on {mask.device} but the inputs are on {like.device}")
-    if mask.is_complex():
-        raise TypeError(f"{name} must be bool, integer or float, got {mask.dtype}")
-    return (mask != 0).to(_acc(like.dtype)).contiguous()
 
 
 def _finish(loss, dtype):
