@@ -77,3 +77,21 @@ def row_mask(name: str, mask, like: torch.Tensor, leading_shape) -> torch.Tensor
     if mask.device != like.device:
         raise ValueError(f"{name} is on {mask.device} but the logits are on {like.device}")
     return mask
+
+
+def row_lengths(name: str, lengths: torch.Tensor, rows: str, like: torch.Tensor, T: int) -> int:
+    """Checks a [B] integer tensor of row lengths in [1, T] for the [B, T, ...] input ``like``
+    (named ``rows``); returns the shortest length. One small host sync (the range)."""
+    B = like.shape[0] if like.dim() > 1 else 1
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"{name} must have shape ({B},) (one length per row of {rows}), got "
+                         f"{tuple(lengths.shape)}")
+    if lengths.device.type != "cpu" and lengths.device != like.device:
+        raise ValueError(f"{name} is on {lengths.device} but {rows} is on {like.device}")
+    lo, hi = lengths.aminmax()
+    lo, hi = int(lo), int(hi)  # one small sync, before any kernel
+    if lo < 1 or hi > T:
+        raise ValueError(f"{name} must lie in [1, T={T}], got values in [{lo}, {hi}]")
+    return lo

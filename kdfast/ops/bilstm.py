@@ -141,18 +141,9 @@ def _check(x, weights, lengths, hx, num_layers, bias, batch_first, dropout):
             except (TypeError, ValueError, RuntimeError):
                 raise TypeError("lengths must be an int tensor [B] (or a list of ints) or None, "
                                 f"got {type(lengths).__name__}") from None
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
-        if tuple(lengths.shape) != (B,):
-            raise ValueError(f"lengths must have shape ({B},) (one length per row of x), "
-                             f"got {tuple(lengths.shape)}")
-        if lengths.device.type != "cpu" and lengths.device != x.device:
-            raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}")
-        lo, hi = lengths.aminmax()
-        lo, hi = int(lo), int(hi)  # one small sync, before any kernel
-        if lo < 1 or hi > T:
-            raise ValueError(f"lengths must lie in [1, T={T}], got values in [{lo}, {hi}]")
-        padded = lo < T
+        # B is x's batch size whatever the layout: a [B]-shaped view of it stands in for x
+        rows = x if batch_first else x.transpose(0, 1)
+        padded = _checks.row_lengths("lengths", lengths, "x", rows, T) < T
     if hx is not None:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx must be a tuple (h_0, c_0) or None, got {type(hx).__name__}")
