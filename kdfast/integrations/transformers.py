@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from kdfast.distill.objectives import check_pair
+from kdfast.distill.objectives import LOGIT_KINDS, MODES, STYLES, check_pair
 from kdfast.integrations.logging import DeviceMeans
 from kdfast.losses import (
     Projection,
@@ -82,9 +82,7 @@ from kdfast.models.capture import capture_attention_scores
 from kdfast.models.teachers import TeacherClassifier
 from kdfast.models.transformer import FIT_DENSE_FILE, TeacherTaps, base_bert
 
-LOGIT_KINDS = ("kl", "soft_ce", "mse")
-INTERMEDIATE = ("tinybert", "minilm")
-MODES = ("masked", "exact")
+INTERMEDIATE = STYLES  # the intermediate transfer styles: TinyBERT's or MiniLM's
 PROJECTION = "kdfast_fit_dense"  # the student's submodule holding TinyBERT's fit_dense
 # per-micro-batch item counts, in this order
 COUNTS = ("examples", "labelled", "tokens", "pairs", "padded_tokens", "padded_pairs")
