@@ -109,8 +109,9 @@ OPTIONS = {
     # what to run on
     "teacher": Opt(None, TEXT, "teacher: minilm-l6 (offline all-MiniLM-L6-v2), a directory "
                                "(e.g. written by kdfast finetune) or a HuggingFace name"),
-    "task": Opt(None, TEXT, "movie-sentences | snli | csv:PATH | tsv:PATH | jsonl:PATH | a "
-                            "datasets hub name (e.g. glue/sst2)"),
+    "task": Opt(None, TEXT, "movie-sentences | movie-fine | snli | csv:PATH | tsv:PATH | "
+                            "jsonl:PATH | a datasets hub name (e.g. glue/sst2); NAME@N keeps N "
+                            "training examples"),
     "text_column": Opt(None, TEXT, "text column of a local file"),
     "text_b_column": Opt(None, TEXT, "second text column (sentence pairs)"),
     "label_column": Opt(None, TEXT, "label column of a local file"),
@@ -122,6 +123,8 @@ OPTIONS = {
     # training
     "epochs": Opt(None, POSITIVE, "training epochs (recipe default)"),
     "max_steps": Opt(None, POSITIVE_INT, "stop after this many steps (overrides --epochs)"),
+    "min_steps": Opt(None, POSITIVE_INT, "train at least this many steps (a floor on --epochs "
+                                         "for small data; recipe default)"),
     "batch_size": Opt(None, POSITIVE_INT, "global batch size (split across torchrun processes)"),
     "optimizer": Opt(None, str, "optimiser (recipe default)", ("adadelta", "adam", "adamw", "sgd")),
     "lr": Opt(None, POSITIVE, "learning rate (recipe default)"),
@@ -143,7 +146,7 @@ OPTIONS = {
     "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
                 ("mse", "kl", "soft_ce", "ce")),
     "alpha": Opt(None, FRACTION, "weight of the hard-label CE term, 1 - alpha on the soft term "
-                                 "[0]"),
+                                 "[tang, sra: 0; tinybert, etd step 2: 0.5]"),
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),
@@ -181,13 +184,16 @@ OPTIONS = {
     "hidden_size": Opt(None, POSITIVE_INT, "BERT student width (default: the teacher's)"),
     "num_heads": Opt(None, POSITIVE_INT, "BERT student heads (default: the teacher's)"),
     "intermediate_size": Opt(None, POSITIVE_INT, "BERT student FFN size (default: the teacher's)"),
-    "mode": Opt("exact", str, "exact (the official loss arithmetic) | masked (real tokens only)",
-                ("exact", "masked")),
+    "mode": Opt(None, str, "masked (real tokens only; soft CE summed over classes) [default] | "
+                           "exact (the official code's arithmetic)", ("exact", "masked")),
     "style": Opt("tinybert", str, "tinybert (attention + hidden MSE) | minilm (attention KL + "
                                   "value relation)", ("tinybert", "minilm")),
-    "step1_epochs": Opt(None, POSITIVE, "step 1 (intermediate layers) epochs [20]"),
-    "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [3]"),
-    "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [3e-5]"),
+    "step1_epochs": Opt(None, POSITIVE, "step 1 (intermediate layers) epochs [4; at least 600 "
+                                        "steps] (paper: 20)"),
+    "step1_lr": Opt(None, POSITIVE, "step 1 learning rate [1e-4] (paper: 5e-5)"),
+    "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [3; at least 400 "
+                                        "steps] (paper: 3)"),
+    "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [1e-4] (paper: 3e-5)"),
     "stage": Opt("task", str, "general | task | all (general, then task)",
                  ("general", "task", "all")),
     "student": Opt(None, TEXT, "a student directory to start from (instead of the size options)"),
@@ -211,7 +217,7 @@ OPTIONS = {
 }
 
 TASK = ("task", "text_column", "text_b_column", "label_column", "num_labels", "metric", "max_len")
-TRAIN = ("epochs", "max_steps", "batch_size", "optimizer", "lr", "weight_decay", "scheduler",
+TRAIN = ("epochs", "max_steps", "min_steps", "batch_size", "optimizer", "lr", "weight_decay", "scheduler",
          "warmup", "grad_clip", "eval_every", "patience", "checkpoint_every", "seed", "amp",
          "device", "report_to")
 RUN = ("config", "out", "overwrite", "resume", "progress")
@@ -221,7 +227,8 @@ BILSTM = ("embeddings", "embedding_mode", "lstm_hidden_size", "fc_size", "poolin
           "dropout")
 BERT_SIZE = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 TRANSFORMER = ("mode", "style", "augment", "n_aug", "p_t", "k", "glove", "step1_epochs",
-               "step2_epochs", "step2_lr", "temperature", "unlabelled", "backend")
+               "step1_lr", "step2_epochs", "step2_lr", "alpha", "temperature", "unlabelled",
+               "backend")
 REQUIRED = {"teacher", "task", "out"}
 
 
@@ -312,10 +319,11 @@ def cmd_sra(o) -> int:
 
 def _transformer(o):
     """Options shared by tinybert and etd, in the library's words."""
-    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "temperature", "backend"))
+    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "alpha", "temperature",
+                    "backend"))
     if o.get("n_aug") is not None:
         kw["n_a"] = o["n_aug"]
-    step1 = _given(o, ("step1_epochs",), {"step1_epochs": "epochs"})
+    step1 = _given(o, ("step1_epochs", "step1_lr"), {"step1_epochs": "epochs", "step1_lr": "lr"})
     step2 = _given(o, ("step2_epochs", "step2_lr"), {"step2_epochs": "epochs", "step2_lr": "lr"})
     if step1:
         kw["step1"] = step1

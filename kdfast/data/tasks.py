@@ -1,12 +1,16 @@
-"""Tasks by name: the offline sets (``movie-sentences``, ``snli``), local files
+"""Tasks by name: the offline sets (``movie-sentences``, ``movie-fine``, ``snli``), local files
 (``csv:PATH``, ``tsv:PATH``, ``jsonl:PATH``) and ``datasets`` hub names (``glue/sst2``).
+Any of them followed by ``@N`` keeps a seeded sample of ``N`` training examples (dev and
+test unchanged): ``snli@5000`` is the small-data regime of SNLI.
 
 >>> task = load_task("movie-sentences")
 >>> task.train.texts[0], task.train.labels[0], task.num_labels, task.metric
 
 Every task has ``train``, ``dev`` and ``test`` splits. Where the source has fewer, kdfast
 carves them deterministically (seeded shuffle) out of the training data: the offline
-movie sentences are split 80/10/10; SNLI keeps its official test set and takes 5% of the
+movie sentences are split 80/10/10 (``movie-sentences``: label = mean rating > 0, the
+rating-0 lines dropped; ``movie-fine``: five classes like SST-5, equal-width bins of the mean
+rating over [-4, 4], every line kept); SNLI keeps its official test set and takes 5% of the
 training subset as dev; a local file without ``dev``/``test`` siblings is split 80/10/10.
 
 Local files: ``csv:data/train.csv`` reads that file; if ``dev.csv``/``test.csv`` (same
@@ -72,7 +76,8 @@ GLUE = {
     "rte": ("sentence1", "sentence2", "accuracy", "validation"),
     "wnli": ("sentence1", "sentence2", "accuracy", "validation"),
 }
-OFFLINE = ("movie-sentences", "snli")
+OFFLINE = ("movie-sentences", "movie-fine", "snli")
+FINE_LABELS = ["very negative", "negative", "neutral", "positive", "very positive"]
 SNLI_LABELS = ["contradiction", "entailment", "neutral"]
 
 
@@ -109,6 +114,26 @@ def _movie_sentences(seed: int) -> Task:
     split = Split([t for _, t in rows], [int(r > 0) for r, _ in rows])
     test, dev, train = _carve(split, (0.1, 0.1), seed)
     return Task("movie-sentences", train, dev, test, 2, "accuracy", ["negative", "positive"])
+
+
+def _movie_fine(seed: int) -> Task:
+    rows = movie_rows()
+    bins = [min(4, int((r + 4.0) / 1.6)) for r, _ in rows]  # [-4, 4] in five equal bins
+    split = Split([t for _, t in rows], bins)
+    test, dev, train = _carve(split, (0.1, 0.1), seed)
+    return Task("movie-fine", train, dev, test, 5, "accuracy", list(FINE_LABELS))
+
+
+def _sample_train(task: Task, spec: str, n: str, seed: int) -> Task:
+    """``task`` with a seeded sample of ``n`` training examples (``spec@n``)."""
+    if int(n) < 1:
+        raise ValueError(f"task {spec!r}: after '@' give the number of training examples to "
+                         f"keep (at least 1), got {n!r}")
+    idx = list(range(len(task.train)))
+    random.Random(seed).shuffle(idx)
+    task.train = task.train.subset(sorted(idx[:int(n)]))
+    task.name = spec
+    return task
 
 
 def _read_snli(path: Path) -> Split:
@@ -309,8 +334,16 @@ def load_task(spec: str, *, seed: int = 0, text_column: str | None = None,
         raise ValueError(f"task must be a non-empty string, got {spec!r}")
     if metric is not None and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
+    base, _, sample = spec.rpartition("@")
+    if base and sample.isdigit():
+        return _sample_train(load_task(base, seed=seed, text_column=text_column,
+                                       text_b_column=text_b_column, label_column=label_column,
+                                       num_labels=num_labels, metric=metric),
+                             spec, sample, seed)
     if spec == "movie-sentences":
         task = _movie_sentences(seed)
+    elif spec == "movie-fine":
+        task = _movie_fine(seed)
     elif spec == "snli":
         task = _snli(seed)
     elif spec.split(":", 1)[0] in ("csv", "tsv", "jsonl") and ":" in spec:

@@ -183,14 +183,20 @@ class TinyBERTLoss:
 
     ``mode="exact"``: the official code's definitions (scores <= -100 zeroed, means over
     B*H*L*L and B*L*d with padding, prediction ``mean(-p_T * log p_S)`` over batch x classes,
-    no T^2); ``mode="masked"``: real tokens only, soft CE summed over classes. The last
-    call's components are in ``self.components`` (detached device tensors, no host sync;
+    so its scale falls with the class count, no T^2); ``mode="masked"``: real tokens only,
+    soft CE summed over classes (a scale that does not depend on the class count).
+    ``alpha`` (prediction stage): ``alpha * CE(labels) + (1 - alpha) * soft``; examples
+    labelled -100 (augmented sentences) count in the soft part only. The last call's
+    components are in ``self.components`` (detached device tensors, no host sync;
     ``self.last``: the same as floats, a host read)."""
 
-    needs_labels = False
-
     def __init__(self, student, teacher_config, *, stage="intermediate", mode="exact",
-                 style="tinybert", temperature: float = 1.0, backend="auto"):
+                 style="tinybert", temperature: float = 1.0, alpha: float = 0.0,
+                 backend="auto"):
+        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+        if alpha and stage != "prediction":
+            raise ValueError("alpha (hard labels) applies to the prediction stage only")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if stage not in ("intermediate", "prediction"):
@@ -198,7 +204,8 @@ class TinyBERTLoss:
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
         self.student, self.stage, self.mode, self.style = student, stage, mode, style
-        self.temperature, self.backend = temperature, backend
+        self.temperature, self.alpha, self.backend = temperature, alpha, backend
+        self.needs_labels = alpha > 0
         self.att_map, self.hid_map = (None, None)
         if stage == "intermediate":
             self.att_map, self.hid_map = check_pair(teacher_config, base_bert(student).config,
@@ -252,9 +259,18 @@ class TinyBERTLoss:
 
     def __call__(self, out, batch, teacher_out):
         if self.stage == "prediction":
-            loss = self.prediction(out, teacher_out["logits"])
-            self.components = {"prediction": loss.detach()}
-            return loss
+            soft = self.prediction(out, teacher_out["logits"])
+            self.components = {"prediction": soft.detach()}
+            if not self.alpha:
+                return soft
+            y = batch["labels"]
+            if y.dtype.is_floating_point:
+                hard = F.mse_loss(out.float().squeeze(-1), y)
+            else:  # a batch of augmented sentences only has no hard part
+                hard = F.cross_entropy(out.float(), y, ignore_index=-100, reduction="sum") \
+                    / (y != -100).sum().clamp_min(1)
+            self.components["hard_ce"] = hard.detach()
+            return self.alpha * hard + (1 - self.alpha) * soft
         if self.student.taps is None:
             raise RuntimeError("the student captured nothing: intermediate losses need "
                                "student.train() and student.capture = True")

@@ -38,10 +38,14 @@ def check_probability(name: str, value) -> None:
 
 def train_config(defaults: dict, *overrides) -> TrainConfig:
     """The recipe's training defaults updated by ``overrides`` (dicts; None values are
-    skipped), validated: a bad option fails here, before the recipe writes anything."""
+    skipped), validated: a bad option fails here, before the recipe writes anything. Epochs
+    given without ``min_steps`` mean exactly those epochs (the default floor is dropped)."""
     merged = dict(defaults)
     for o in overrides:
-        merged.update({k: v for k, v in (o or {}).items() if v is not None})
+        given = {k: v for k, v in (o or {}).items() if v is not None}
+        if "epochs" in given and "min_steps" not in given:
+            merged.pop("min_steps", None)
+        merged.update(given)
     return TrainConfig.build(merged)
 
 

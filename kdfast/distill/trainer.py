@@ -68,7 +68,8 @@ __all__ = ["Distiller", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "Tr
 @dataclass
 class TrainConfig:
     epochs: float = 3
-    max_steps: int | None = None  # overrides epochs
+    max_steps: int | None = None  # overrides epochs (and min_steps)
+    min_steps: int | None = None  # a floor on the steps that epochs give: small data still trains
     batch_size: int = 50
     optimizer: str = "adadelta"
     lr: float = 1.0
@@ -127,6 +128,7 @@ class TrainConfig:
             raise ValueError(f"epochs must be > 0 (max_steps, when given, stops earlier), got "
                              f"{self.epochs!r}")
         positive_int("max_steps", self.max_steps)
+        positive_int("min_steps", self.min_steps)
         positive_int("eval_every", self.eval_every)
         positive_int("patience", self.patience)
         positive_int("checkpoint_every", self.checkpoint_every)
@@ -274,6 +276,8 @@ class Distiller:
             if not data or "label" not in data[0] or not num_labels or num_labels < 2:
                 continue
             for ex in data:
+                if split == "train" and ex["label"] == -100:  # no label: the teacher's alone
+                    continue
                 if not 0 <= ex["label"] < num_labels:
                     raise ValueError(f"{split} label {ex['label']} out of range [0, {num_labels})")
         vocab = getattr(getattr(self.student, "encoder", None), "vocab_size", None)
@@ -294,7 +298,7 @@ class Distiller:
     def _total_steps(self):
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
-        return max(1, math.ceil(self.cfg.epochs * self._steps_per_epoch()))
+        return max(1, math.ceil(self.cfg.epochs * self._steps_per_epoch()), self.cfg.min_steps or 0)
 
     def _make_optimizer(self):
         params = [p for p in self.student.parameters() if p.requires_grad]
