@@ -150,8 +150,9 @@ OPTIONS = {
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),
-    "n_aug": Opt(None, COUNT, "augmented copies per training example (Tang's n_iter: 20 single, "
-                              "10 pairs; TinyBERT's N_a: 20)"),
+    "n_aug": Opt(None, COUNT, "augmented copies per training example (tang: about 15k "
+                              "examples in all, at most the paper's 20 single / 10 pairs; "
+                              "tinybert's N_a: 20)"),
     "p_mask": Opt(None, FRACTION, "tang augmentation: masking probability [0.1]"),
     "p_pos": Opt(None, FRACTION, "tang augmentation: POS-guided replacement probability [0.1]"),
     "p_ng": Opt(None, FRACTION, "tang augmentation: n-gram sampling probability [0.25]"),

@@ -2,10 +2,9 @@
 
 1. fine-tunes the teacher (all-MiniLM-L6-v2 + a new classification head; all 6 layers, two
    epochs) on ``movie-sentences``;
-2. builds Tang et al.'s transfer set (the training sentences + ``n_iter`` augmented copies
-   each), labelled with the teacher's logits and cached on disk;
-3. distils a Tang BiLSTM student (logit MSE) on it (Adam: Tang et al.'s AdaDelta is
-   clearly under-trained in 3 epochs, see benchmarks/results/recipes-demo.md);
+2. builds Tang et al.'s transfer set (the training sentences + augmented copies), labelled
+   with the teacher's logits and cached on disk;
+3. distils a Tang BiLSTM student (logit MSE) on it;
 4. trains the same BiLSTM on the hard labels alone;
 5. (``--sra``) SRA: stage 1 on the training sentences with the *pre-trained* teacher's mean
    sentence vector, stage 2 on hard labels, against the same max-pooling BiLSTM from its
@@ -13,7 +12,8 @@
 6. (``--etd``, on by default) extracts a 3-layer BERT student from the fine-tuned teacher by
    importance (ETD-Impt) and distils it TinyBERT-style (intermediate layers, then prediction);
 
-and prints one table: held-out (test split) accuracy, parameters, and CPU inference speed
+Every recipe runs with its own defaults (the ones ``kdfast distill`` uses), and prints one
+table: held-out (test split) accuracy, parameters, and CPU inference speed
 (sentences/s, measured here on the test split, batches of 32) against the teacher.
 
 Word vectors: the students read the teacher's WordPiece vocabulary and their embeddings
@@ -58,8 +58,6 @@ def _int_range(lo, hi):
     return parse
 
 
-STUDENT_OPTIMIZERS = ("adam", "adadelta")
-EMBEDDING_MODES = ("static", "non-static", "multichannel")
 OPTIONS = {  # name: (default, type or choices, help)
     "out": ("runs/demo", str, "work directory (cached intermediate results; kdfast's own: "
                               "an existing directory that kdfast did not write is refused)"),
@@ -67,22 +65,9 @@ OPTIONS = {  # name: (default, type or choices, help)
     "teacher_layers": (6, _int_range(0, 6), "fine-tune the top N teacher layers + head (6 = all)"),
     "teacher_epochs": (2.0, _positive(float), "teacher fine-tuning epochs"),
     "teacher_lr": (5e-5, _positive(float), "teacher fine-tuning learning rate"),
-    "n_iter": (2, _positive(int), "augmented samples per training sentence (paper: 20)"),
-    "student_epochs": (3.0, _positive(float), "max epochs of the distilled student (early "
-                                              "stopping on dev)"),
-    "hard_epochs": (8.0, _positive(float), "max epochs of the hard-label student (early stopping "
-                                           "on dev)"),
-    "student_optimizer": ("adam", STUDENT_OPTIMIZERS, "students' optimiser: adam (lr 1e-3) | "
-                          "adadelta (Tang et al., lr 1.0: under-trained in this CPU budget)"),
-    "student_lr": (None, _positive(float), "students' learning rate (default: by optimiser)"),
-    "embedding_mode": ("static", EMBEDDING_MODES, "student word vectors: static (frozen teacher "
-                                                  "embeddings: fast on a CPU) | non-static | "
-                                                  "multichannel"),
-    "bf16": (True, bool, "bfloat16 autocast for the teacher's fine-tuning and labelling"),
+    "bf16": (True, bool, "bfloat16 autocast for the teacher's fine-tuning"),
     "sra": (False, bool, "also run SRA (pre-trained vs default-init BiLSTM)"),
     "etd": (True, bool, "also distil an ETD-Impt 3-layer BERT student TinyBERT-style"),
-    "etd_steps": (100, _positive(int), "ETD student: steps of intermediate-layer distillation"),
-    "sra_epochs": (3.0, _positive(float), "SRA stage 1 epochs"),
     "fresh": (False, bool, "recompute everything (clears --out, which must be kdfast's)"),
     "quick": (False, bool, "a small smoke run (1,500 training sentences): numbers not meaningful"),
     "report_to": (None, ("tensorboard", "wandb", "none"), "training scalars of every run: "
@@ -189,17 +174,12 @@ def run_demo(args) -> int:
     teacher.cpu().eval()
     test_ex = encode(tokenizer, task.test.texts, None, task.test.labels, max_len=64)
 
-    # 2-3. transfer set + distilled student
+    # 2-3. transfer set + distilled student: every recipe with its defaults
     t0 = time.perf_counter()
-    print(f"[2/4] transfer set (n_iter={_opt(args, 'n_iter')}) and Tang distillation (logit MSE)")
-    optim = _opt(args, "student_optimizer")
-    lr = _opt(args, "student_lr") or {"adadelta": 1.0, "adam": 1e-3}.get(optim, 1e-3)
-    common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", seed=0,
-                  embedding_mode=_opt(args, "embedding_mode"), optimizer=optim, lr=lr, **report)
+    print("[2/4] transfer set and Tang distillation (logit MSE), the recipe's defaults")
+    common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", seed=0, **report)
     distilled, r_kd = _cached(out / "tang", fresh, lambda: tang(
-        str(t_dir), task, out / "tang", n_iter=_opt(args, "n_iter"),
-        epochs=_opt(args, "student_epochs"), patience=1, teacher_bf16=bf16,
-        transfer_cache=out / "transfer.pt", **common))
+        str(t_dir), task, out / "tang", transfer_cache=out / "transfer.pt", **common))
     ts = r_kd["transfer_set"]
     times["transfer set + distillation"] = time.perf_counter() - t0
     print(f"      transfer set: {ts['originals']} sentences + {ts['augmented']} augmented")
@@ -208,8 +188,7 @@ def run_demo(args) -> int:
     t0 = time.perf_counter()
     print("[3/4] the same BiLSTM on hard labels only")
     hard, r_hard = _cached(out / "hard", fresh, lambda: tang(
-        str(t_dir), task, out / "hard", loss="ce", epochs=_opt(args, "hard_epochs"), patience=2,
-        **common))
+        str(t_dir), task, out / "hard", loss="ce", augment=False, **common))
     times["hard-label student"] = time.perf_counter() - t0
 
     rows = []
@@ -217,12 +196,10 @@ def run_demo(args) -> int:
         t0 = time.perf_counter()
         print("[SRA] stage 1 (pre-trained teacher's mean sentence vector) + stage 2 (hard labels)")
         s_model, r_sra = _cached(out / "sra", fresh, lambda: sra(
-            base, task, out / "sra", vector="mean", stage2="hard",
-            epochs=_opt(args, "hard_epochs"), patience=2, teacher_bf16=bf16,
-            stage1={"epochs": _opt(args, "sra_epochs")}, **common), "stage2/student")
+            base, task, out / "sra", **common), "stage2/student")
         m_rand, r_rand = _cached(out / "maxpool-hard", fresh, lambda: tang(
-            str(t_dir), task, out / "maxpool-hard", loss="ce", pooling="max",
-            epochs=_opt(args, "hard_epochs"), patience=2, **common))
+            str(t_dir), task, out / "maxpool-hard", loss="ce", augment=False, pooling="max",
+            **common))
         times["SRA + baseline"] = time.perf_counter() - t0
         rows += [("BiLSTM max-pool, SRA-pretrained, hard labels", s_model, r_sra["test"]["accuracy"]),
                  ("BiLSTM max-pool, default init, hard labels", m_rand, r_rand["test"]["accuracy"])]
@@ -231,11 +208,8 @@ def run_demo(args) -> int:
         t0 = time.perf_counter()
         print("[ETD] ETD-Impt student (3 layers, hidden 192, 12 heads, FFN 768) extracted from "
               "the fine-tuned teacher, TinyBERT task distillation (intermediate, then prediction)")
-        e_model, r_etd = etd(str(t_dir), task, out / "etd", strategy="impt", num_layers=3,
-                             hidden_size=192, num_heads=12, intermediate_size=768, augment=False,
-                             step1={"max_steps": _opt(args, "etd_steps")},
-                             step2={"epochs": 1, "lr": 1e-4}, batch_size=32, lr=1e-4,
-                             tokenizer=tokenizer, overwrite=True, **report)
+        e_model, r_etd = etd(str(t_dir), task, out / "etd", num_layers=3, hidden_size=192,
+                             intermediate_size=768, **common)
         times["ETD student"] = time.perf_counter() - t0
         etd_row = ("BERT 3-layer, ETD-Impt + TinyBERT distillation", e_model,
                    r_etd["results"]["test"]["accuracy"])

@@ -16,6 +16,7 @@ forward per batch (:class:`~kdfast.models.TeacherTaps`).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from kdfast.data.tokenize import encode
@@ -107,6 +108,17 @@ def transfer_examples(teacher, tokenizer, split, *, augment=True, n_a=20, p_t=0.
     regression = bool(labels) and isinstance(labels[0], float)
     return encode(tokenizer, texts_a, texts_b, None if regression else labels, max_len=max_len,
                   student=False)
+
+
+def sized_in_sentences(cfg, n_sentences: int, given) -> None:
+    """A default schedule counts its epochs in the task's own sentences: augmented copies
+    widen the pool the batches are drawn from, not the number of steps (``max_steps`` :=
+    ``max(min_steps, epochs * batches of the training set)``). Epochs or steps the user
+    gave (``given``) count over the whole transfer set, as in the paper."""
+    if {"epochs", "max_steps"} & set(given):
+        return
+    per_epoch = math.ceil(n_sentences / cfg.batch_size)
+    cfg.max_steps = max(cfg.min_steps or 1, math.ceil(cfg.epochs * per_epoch))
 
 
 def _check_common(mode, style, max_len):
@@ -211,6 +223,8 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     common = dict(train, seed=seed, progress=progress)
     cfg1 = plumbing.train_config(STEP1_TRAIN, common, step1)
     cfg2 = plumbing.train_config(STEP2_TRAIN, common, step2)
+    given1 = {k for d in (train, step1 or {}) for k, v in d.items() if v is not None}
+    given2 = {k for d in (train, step2 or {}) for k, v in d.items() if v is not None}
     task = plumbing.as_task(task, seed)
     cfg1.metric, cfg2.metric = cfg1.metric or task.metric, cfg2.metric or task.metric
     if alpha is None:
@@ -240,6 +254,8 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
                                      p_t=p_t, k=k, mlm=mlm, glove=glove, seed=seed,
                                      max_len=max_len, cache=cache, teacher_path=t_path)
             results["transfer_examples"] = len(data)
+            sized_in_sentences(cfg1, len(task.train), given1)
+            sized_in_sentences(cfg2, len(task.train), given2)
             st.capture = True
             d1 = Distiller(taps, st, loss, train_data=data, config=cfg1,
                            out_dir=out_dir / "step1" if out_dir else None, **stage)

@@ -1,0 +1,131 @@
+"""The recipes' default schedules (issue 16): step floors, schedules counted in the task's own
+sentences, the step-2 hard-label mix, Tang's transfer-set size, and the task forms
+``movie-fine`` / ``NAME@N``. Tiny models and synthetic data; the real-task numbers are in
+benchmarks/results/recipes-tasks.md (benchmarks/recipes_tasks.py)."""
+import csv
+
+import _tiny
+import pytest
+import torch
+
+from kdfast.distill import plumbing, task_distill
+from kdfast.distill.objectives import TinyBERTLoss
+from kdfast.distill.tang import TRANSFER_BUDGET, default_n_iter
+from kdfast.distill.tinybert import STEP1_TRAIN, STEP2_TRAIN, sized_in_sentences, transfer_examples
+from kdfast.models import TransformerStudent
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+def test_min_steps_is_a_floor_and_given_epochs_drop_it():
+    cfg = plumbing.train_config({"epochs": 2, "min_steps": 50}, {"lr": 1e-3})
+    assert cfg.min_steps == 50
+    assert plumbing.train_config({"epochs": 2, "min_steps": 50}, {"epochs": 1}).min_steps is None
+    both = plumbing.train_config({"epochs": 2, "min_steps": 50}, {"epochs": 1, "min_steps": 7})
+    assert (both.epochs, both.min_steps) == (1, 7)
+    with pytest.raises(ValueError, match="min_steps"):
+        plumbing.train_config({"epochs": 2}, {"min_steps": 0})
+
+
+def test_trainer_runs_at_least_min_steps(tmp_path):
+    from kdfast.distill import Distiller
+    from kdfast.distill.objectives import HardLabelLoss
+
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    data = plumbing.encode_split(tok, _tiny.task(20).train, 16, student=False)
+    res = Distiller(None, teacher, HardLabelLoss(), train_data=data, epochs=1, min_steps=7,
+                    batch_size=8, progress=False, report_to="none").train()
+    assert res["steps"] == 7  # 1 epoch is 3 steps; the floor wins
+    res = Distiller(None, teacher, HardLabelLoss(), train_data=data, epochs=4, min_steps=2,
+                    batch_size=8, progress=False, report_to="none").train()
+    assert res["steps"] == 12
+
+
+def test_default_schedules_count_epochs_in_original_sentences():
+    cfg = plumbing.train_config(STEP1_TRAIN)
+    sized_in_sentences(cfg, 5000, given=set())
+    assert cfg.max_steps == max(STEP1_TRAIN["min_steps"],
+                                STEP1_TRAIN["epochs"] * -(-5000 // cfg.batch_size))
+    small = plumbing.train_config(STEP2_TRAIN)
+    sized_in_sentences(small, 100, given=set())
+    assert small.max_steps == STEP2_TRAIN["min_steps"]  # the floor for small data
+    user = plumbing.train_config(STEP1_TRAIN, {"epochs": 20})
+    sized_in_sentences(user, 5000, given={"epochs"})
+    assert user.max_steps is None  # the user's epochs count over the transfer set
+
+
+def test_default_task_distillation_schedule_ignores_the_augmentation_factor(tmp_path):
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    teacher.has_trained_head = True
+    small = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16)
+    _, res = task_distill(teacher, _tiny.task(16), None, tokenizer=tok, student=small, n_a=3,
+                          k=2, batch_size=8, progress=False, min_steps=3, report_to="none")
+    assert res["transfer_examples"] == 16 * 4
+    # 4 (step 1) and 3 (step 2) epochs of the 16 originals = 8 and 6 steps, not x4
+    assert (res["step1"]["steps"], res["step2"]["steps"]) == (8, 6)
+    assert res["alpha"] == 0.5 and res["mode"] == "masked"
+    assert "step 2: best dev" in res["selection"]
+
+
+def test_transfer_examples_label_the_originals_only(tmp_path):
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    split = _tiny.task(6).train
+    ex = transfer_examples(teacher, tok, split, n_a=2, k=2, mlm=None)
+    assert [e["label"] for e in ex[::3]] == list(split.labels)
+    assert all(e["label"] == -100 for i, e in enumerate(ex) if i % 3)
+    plain = transfer_examples(teacher, tok, split, augment=False)
+    assert [e["label"] for e in plain] == list(split.labels)
+
+
+def test_prediction_hard_label_mix_skips_unlabelled_examples():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16)
+    st = TransformerStudent(BertForSequenceClassification(cfg), 8)
+    torch.manual_seed(0)
+    out, t = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    soft = TinyBERTLoss(st, cfg, stage="prediction", mode="masked")
+    mix = TinyBERTLoss(st, cfg, stage="prediction", mode="masked", alpha=0.25)
+    assert mix.needs_labels and not soft.needs_labels
+    y = torch.tensor([1, -100, 0, -100])
+    got = mix(out, {"labels": y}, {"logits": t})
+    ce = torch.nn.functional.cross_entropy(out[[0, 2]].float(), y[[0, 2]])
+    want = 0.25 * ce + 0.75 * soft(out, {}, {"logits": t})
+    torch.testing.assert_close(got, want)
+    none = mix(out, {"labels": torch.full((4,), -100)}, {"logits": t})  # no hard part, no NaN
+    torch.testing.assert_close(none, 0.75 * soft(out, {}, {"logits": t}))
+    nan = mix(out.clone().fill_(float("nan")), {"labels": y}, {"logits": t})
+    assert torch.isnan(nan)  # NaN in gives NaN out
+    with pytest.raises(ValueError, match="alpha"):
+        TinyBERTLoss(st, cfg, stage="prediction", alpha=1.5)
+    with pytest.raises(ValueError, match="prediction stage"):
+        TinyBERTLoss(st, cfg, stage="intermediate", alpha=0.5)
+
+
+def test_tang_transfer_set_size():
+    assert default_n_iter(100, pair=False) == 20  # small data: the paper's copies
+    assert default_n_iter(100, pair=True) == 10
+    assert default_n_iter(5000, pair=False) == TRANSFER_BUDGET // 5000 - 1
+    assert default_n_iter(10 ** 6, pair=False) == 1  # always some augmentation
+
+
+def test_task_sample_suffix(tmp_path):
+    from kdfast.data.tasks import load_task
+
+    path = tmp_path / "data.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        for i in range(50):
+            w.writerow([f"sentence {i}", i % 2])
+    full = load_task(f"csv:{path}", seed=3)
+    part = load_task(f"csv:{path}@7", seed=3)
+    assert len(part.train) == 7 and set(part.train.texts) <= set(full.train.texts)
+    assert part.test.texts == full.test.texts and part.name == f"csv:{path}@7"
+    assert load_task(f"csv:{path}@7", seed=3).train.texts == part.train.texts
+    with pytest.raises(ValueError, match="at least 1"):
+        load_task(f"csv:{path}@0")
