@@ -194,7 +194,8 @@ OPTIONS = {
     "step1_lr": Opt(None, POSITIVE, "step 1 learning rate [1e-4] (paper: 5e-5)"),
     "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [3; at least 400 "
                                         "steps] (paper: 3)"),
-    "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [1e-4] (paper: 3e-5)"),
+    "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [3e-4 x 192 / student width, at "
+                                    "most 3e-4] (paper: 3e-5)"),
     "stage": Opt("task", str, "general | task | all (general, then task)",
                  ("general", "task", "all")),
     "student": Opt(None, TEXT, "a student directory to start from (instead of the size options)"),

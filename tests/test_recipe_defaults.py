@@ -11,7 +11,8 @@ import torch
 from kdfast.distill import plumbing, task_distill
 from kdfast.distill.objectives import TinyBERTLoss
 from kdfast.distill.tang import TRANSFER_BUDGET, default_n_iter
-from kdfast.distill.tinybert import STEP1_TRAIN, STEP2_TRAIN, sized_in_sentences, transfer_examples
+from kdfast.distill.tinybert import (STEP1_TRAIN, STEP2_TRAIN, sized_in_sentences, step2_lr,
+                                     transfer_examples)
 from kdfast.models import TransformerStudent
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -67,6 +68,17 @@ def test_default_task_distillation_schedule_ignores_the_augmentation_factor(tmp_
     assert (res["step1"]["steps"], res["step2"]["steps"]) == (8, 6)
     assert res["alpha"] == 0.5 and res["mode"] == "masked"
     assert "step 2: best dev" in res["selection"]
+    assert res["step2_lr"] == step2_lr(8) == 3e-4  # narrow students: the cap
+    _, res = task_distill(teacher, _tiny.task(16), None, tokenizer=tok, student=small, n_a=1,
+                          k=2, batch_size=8, progress=False, min_steps=1, report_to="none",
+                          step2={"lr": 1e-5}, steps=("prediction",))
+    assert res["step2_lr"] == 1e-5  # the user's lr wins
+
+
+def test_step2_lr_shrinks_with_the_students_width():
+    assert step2_lr(192) == pytest.approx(3e-4)
+    assert step2_lr(384) == pytest.approx(1.5e-4)
+    assert step2_lr(768) == pytest.approx(7.5e-5)
 
 
 def test_transfer_examples_label_the_originals_only(tmp_path):
