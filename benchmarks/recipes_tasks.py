@@ -80,7 +80,8 @@ def table(rows: list[dict], machine: str) -> str:
              "| vs baseline | wall s (per seed) |", "|---|---|---|---|---:|---:|---:|---:|---|"]
     by = {}
     for r in rows:
-        by.setdefault((r["task"], r["recipe"]), []).append(r)
+        if not r.get("extra"):  # exploration rows (--extra) stay out of the defaults' table
+            by.setdefault((r["task"], r["recipe"]), []).append(r)
     teachers = {r["task"]: r["teacher_test"] for r in rows}
     for (task, recipe), rs in sorted(by.items()):
         rs.sort(key=lambda r: r["seed"])
@@ -90,14 +91,16 @@ def table(rows: list[dict], machine: str) -> str:
             else None
         tests = " / ".join(f"{100 * r['test']:.2f}" for r in rs)
         walls = " / ".join(f"{r['wall_s']:.0f}" for r in rs)
-        vs = "| |" if bmean is None else f"| {100 * bmean:.2f} ({base}) | {100 * (mean - bmean):+.2f} |"
+        vs = "| |" if bmean is None else \
+            f"| {100 * bmean:.2f} ({base}) | {100 * (mean - bmean):+.2f} |"
         lines.append(f"| {task} | {recipe} | {','.join(str(r['seed']) for r in rs)} | {tests} | "
                      f"{100 * mean:.2f} | {100 * mean / teachers[task]:.1f} {vs} {walls} |")
     lines += ["", "Teachers (test): " + ", ".join(f"{t} {100 * v:.2f}"
                                                    for t, v in sorted(teachers.items())), "",
               "## Commands", ""]
     for r in rows:
-        lines.append(f"- `{r['command']}`")
+        if not r.get("extra"):
+            lines.append(f"- `{r['command']}`")
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +133,9 @@ def main() -> int:
                 if any((r["task"], r["recipe"], r["seed"], r.get("extra", "")) == key
                        for r in rows):
                     continue
-                run_dir = out / f"{task.replace('@', '-')}-{recipe}-s{seed}"
+                tag = "-x" + "".join(c if c.isalnum() else "_" for c in args.extra) \
+                    if args.extra else ""
+                run_dir = out / f"{task.replace('@', '-')}-{recipe}-s{seed}{tag}"
                 cmd = ["kdfast", *RECIPES[recipe][2], "--teacher", str(t_dir), "--task", task,
                        "--out", str(run_dir), "--seed", str(seed), "--overwrite",
                        "--no-progress", *shlex.split(args.extra)]

@@ -123,8 +123,9 @@ OPTIONS = {
     # training
     "epochs": Opt(None, POSITIVE, "training epochs (recipe default)"),
     "max_steps": Opt(None, POSITIVE_INT, "stop after this many steps (overrides --epochs)"),
-    "min_steps": Opt(None, POSITIVE_INT, "train at least this many steps (a floor on --epochs "
-                                         "for small data; recipe default)"),
+    "min_steps": Opt(None, POSITIVE_INT, "lengthen the schedule to at least N steps for small "
+                                         "data (recipe default; early stopping may still end "
+                                         "it sooner)"),
     "batch_size": Opt(None, POSITIVE_INT, "global batch size (split across torchrun processes)"),
     "optimizer": Opt(None, str, "optimiser (recipe default)", ("adadelta", "adam", "adamw", "sgd")),
     "lr": Opt(None, POSITIVE, "learning rate (recipe default)"),
@@ -135,7 +136,8 @@ OPTIONS = {
     "eval_every": Opt(None, POSITIVE_INT, "evaluate on dev every N steps (default: each epoch)"),
     "patience": Opt(None, POSITIVE_INT, "early stopping: evaluations without improvement"),
     "checkpoint_every": Opt(None, POSITIVE_INT, "checkpoint every N steps (and at epoch ends)"),
-    "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation)"),
+    "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation; "
+                                 "never the task's splits)"),
     "amp": Opt(None, str, "mixed precision: auto = bf16 on a GPU", ("auto", "bf16", "off")),
     "device": Opt(None, DEVICE, "cpu | cuda (default: cuda when present)"),
     "report_to": Opt(None, str, "training scalars: tensorboard (in --out/tensorboard) | wandb | "
@@ -146,7 +148,8 @@ OPTIONS = {
     "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
                 ("mse", "kl", "soft_ce", "ce")),
     "alpha": Opt(None, FRACTION, "weight of the hard-label CE term, 1 - alpha on the soft term "
-                                 "[tang, sra: 0; tinybert, etd step 2: 0.5]"),
+                                 "[tang, sra: 0; tinybert, etd step 2: 0.5, 0 for "
+                                 "regression]"),
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),
@@ -189,11 +192,13 @@ OPTIONS = {
                            "exact (the official code's arithmetic)", ("exact", "masked")),
     "style": Opt("tinybert", str, "tinybert (attention + hidden MSE) | minilm (attention KL + "
                                   "value relation)", ("tinybert", "minilm")),
-    "step1_epochs": Opt(None, POSITIVE, "step 1 (intermediate layers) epochs [4; at least 600 "
-                                        "steps] (paper: 20)"),
+    "step1_epochs": Opt(None, POSITIVE, "step 1 (intermediate layers) epochs [4 epochs of the "
+                                        "task's sentences, at least 600 steps]; given, they "
+                                        "count over the augmented set (paper: 20)"),
     "step1_lr": Opt(None, POSITIVE, "step 1 learning rate [1e-4] (paper: 5e-5)"),
-    "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [3; at least 400 "
-                                        "steps] (paper: 3)"),
+    "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [3 epochs of the "
+                                        "task's sentences, at least 400 steps]; given, they "
+                                        "count over the augmented set (paper: 3)"),
     "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [3e-4 x 192 / student width, at "
                                     "most 3e-4] (paper: 3e-5)"),
     "stage": Opt("task", str, "general | task | all (general, then task)",
@@ -219,9 +224,9 @@ OPTIONS = {
 }
 
 TASK = ("task", "text_column", "text_b_column", "label_column", "num_labels", "metric", "max_len")
-TRAIN = ("epochs", "max_steps", "min_steps", "batch_size", "optimizer", "lr", "weight_decay", "scheduler",
-         "warmup", "grad_clip", "eval_every", "patience", "checkpoint_every", "seed", "amp",
-         "device", "report_to")
+TRAIN = ("epochs", "max_steps", "min_steps", "batch_size", "optimizer", "lr", "weight_decay",
+         "scheduler", "warmup", "grad_clip", "eval_every", "patience", "checkpoint_every", "seed",
+         "amp", "device", "report_to")
 RUN = ("config", "out", "overwrite", "resume", "progress")
 SOFT = ("alpha", "temperature")
 TANG_AUG = ("augment", "n_aug", "p_mask", "p_pos", "p_ng", "transfer_cache")
@@ -255,7 +260,7 @@ def cmd_info(o) -> int:
 def _task(o):
     from kdfast.data.tasks import load_task
 
-    return load_task(o["task"], seed=o["seed"], text_column=o["text_column"],
+    return load_task(o["task"], text_column=o["text_column"],
                      text_b_column=o["text_b_column"], label_column=o["label_column"],
                      num_labels=o["num_labels"], metric=o["metric"])
 

@@ -8,6 +8,7 @@ import _tiny
 import pytest
 import torch
 
+from kdfast.data.tasks import load_task
 from kdfast.distill import plumbing, task_distill
 from kdfast.distill.objectives import TinyBERTLoss
 from kdfast.distill.tang import TRANSFER_BUDGET, default_n_iter
@@ -26,6 +27,9 @@ def test_min_steps_is_a_floor_and_given_epochs_drop_it():
     assert (both.epochs, both.min_steps) == (1, 7)
     with pytest.raises(ValueError, match="min_steps"):
         plumbing.train_config({"epochs": 2}, {"min_steps": 0})
+    # a floor the user gave (e.g. --min-steps with --step1-epochs) is kept
+    kept = plumbing.train_config({"epochs": 2, "min_steps": 50}, {"min_steps": 9}, {"epochs": 1})
+    assert (kept.epochs, kept.min_steps) == (1, 9)
 
 
 def test_trainer_runs_at_least_min_steps(tmp_path):
@@ -126,8 +130,6 @@ def test_tang_transfer_set_size():
 
 
 def test_task_sample_suffix(tmp_path):
-    from kdfast.data.tasks import load_task
-
     path = tmp_path / "data.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -141,3 +143,18 @@ def test_task_sample_suffix(tmp_path):
     assert load_task(f"csv:{path}@7", seed=3).train.texts == part.train.texts
     with pytest.raises(ValueError, match="at least 1"):
         load_task(f"csv:{path}@0")
+    with pytest.raises(ValueError, match="asks for 99 training examples"):
+        load_task(f"csv:{path}@99")
+    named = tmp_path / "data@7"  # a file whose name ends in @digits is that file
+    named.write_text(path.read_text())
+    assert len(load_task(f"csv:{named}").train) == len(full.train)
+
+
+def test_the_training_seed_never_moves_the_splits(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(50)))
+    a, b = plumbing.as_task(f"csv:{path}"), plumbing.as_task(f"csv:{path}@9")
+    assert a.test.texts == load_task(f"csv:{path}", seed=0).test.texts
+    assert b.test.texts == a.test.texts and b.dev.texts == a.dev.texts
+    assert load_task(f"csv:{path}", seed=1).test.texts != a.test.texts  # an explicit split seed differs
+

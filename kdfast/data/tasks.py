@@ -1,7 +1,9 @@
 """Tasks by name: the offline sets (``movie-sentences``, ``movie-fine``, ``snli``), local files
 (``csv:PATH``, ``tsv:PATH``, ``jsonl:PATH``) and ``datasets`` hub names (``glue/sst2``).
 Any of them followed by ``@N`` keeps a seeded sample of ``N`` training examples (dev and
-test unchanged): ``snli@5000`` is the small-data regime of SNLI.
+test unchanged): ``snli@5000`` is the small-data regime of SNLI. ``load_task``'s ``seed``
+fixes the carved splits and the sample; the recipes always load with the default, so a task
+name means the same data whatever the training seed.
 
 >>> task = load_task("movie-sentences")
 >>> task.train.texts[0], task.train.labels[0], task.num_labels, task.metric
@@ -25,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +99,7 @@ def _carve(split: Split, fractions, seed: int):
 
 def movie_rows() -> list[tuple[float, str]]:
     """The offline movie-review snippets as ``(rating, sentence)``, every line of the file
-    (ratings in [-1, 1]; 0 = neither positive nor negative)."""
+    (mean human ratings, about [-4, 4]; 0 = neither positive nor negative)."""
     from kdfast.data.fetch import fetch
 
     path = fetch("movie-sentences")
@@ -124,11 +127,20 @@ def _movie_fine(seed: int) -> Task:
     return Task("movie-fine", train, dev, test, 5, "accuracy", list(FINE_LABELS))
 
 
+def _local_file_exists(spec: str) -> bool:
+    """``csv:run@3`` names the file ``run@3`` when there is one (not a sample of ``run``)."""
+    fmt, _, path = spec.partition(":")
+    return fmt in ("csv", "tsv", "jsonl") and Path(path).expanduser().is_file()
+
+
 def _sample_train(task: Task, spec: str, n: str, seed: int) -> Task:
     """``task`` with a seeded sample of ``n`` training examples (``spec@n``)."""
     if int(n) < 1:
         raise ValueError(f"task {spec!r}: after '@' give the number of training examples to "
                          f"keep (at least 1), got {n!r}")
+    if int(n) > len(task.train):
+        raise ValueError(f"task {spec!r} asks for {int(n)} training examples; "
+                         f"{task.name!r} has {len(task.train)}")
     idx = list(range(len(task.train)))
     random.Random(seed).shuffle(idx)
     task.train = task.train.subset(sorted(idx[:int(n)]))
@@ -335,7 +347,7 @@ def load_task(spec: str, *, seed: int = 0, text_column: str | None = None,
     if metric is not None and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
     base, _, sample = spec.rpartition("@")
-    if base and sample.isdigit():
+    if base and re.fullmatch(r"[0-9]+", sample) and not _local_file_exists(spec):
         return _sample_train(load_task(base, seed=seed, text_column=text_column,
                                        text_b_column=text_b_column, label_column=label_column,
                                        num_labels=num_labels, metric=metric),
@@ -354,7 +366,7 @@ def load_task(spec: str, *, seed: int = 0, text_column: str | None = None,
     else:
         raise ValueError(f"unknown task {spec!r}: use {' or '.join(OFFLINE)}, "
                          "csv:/tsv:/jsonl:PATH for a local file, or a datasets hub name such "
-                         "as glue/sst2")
+                         "as glue/sst2; add @N for a sample of N training examples")
     if metric is not None:
         task.metric = metric
     for name in ("train", "dev", "test"):
@@ -384,7 +396,7 @@ def unlabelled_sentences(sources, *, limit: int | None = None, seed: int = 0) ->
                 for line in f:
                     add(line)
         else:
-            task = load_task(src, seed=seed)
+            task = load_task(src)
             for s in task.train.texts:
                 add(s)
             for s in task.train.texts_b or []:

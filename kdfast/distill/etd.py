@@ -168,7 +168,7 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
     callbacks = distill.pop("callbacks", ())
     common = dict(tokenizer=tokenizer, style=style, seed=seed, progress=progress,
                   max_len=max_len, **distill)
-    task = plumbing.as_task(task, seed) if task is not None else None
+    task = plumbing.as_task(task) if task is not None else None
     if task_specific:
         if task is None:
             raise ValueError("task-specific ETD needs a task")
@@ -222,7 +222,7 @@ def init_comparison(teacher, task, *, strategies=("none", "impt", "rand"), steps
 
     if "none" not in strategies:
         raise ValueError("init_comparison needs the 'none' (random init) baseline")
-    task = plumbing.as_task(task, seed)
+    task = plumbing.as_task(task)
     t_model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
         teacher, tokenizer, num_labels=task.num_labels, need_head=True)
     c = t_model.encoder.config

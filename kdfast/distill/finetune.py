@@ -40,7 +40,7 @@ def finetune(teacher, task, out_dir, *, tokenizer=None, max_len: int = 64, overw
     plumbing.check_positive_int("max_len", max_len)
     cfg = plumbing.train_config(FINETUNE_TRAIN, {"seed": seed}, train)
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-    task = plumbing.as_task(task, seed)
+    task = plumbing.as_task(task)
     cfg.metric = train.get("metric") or task.metric
     model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer,
                                                               num_labels=task.num_labels)

@@ -39,20 +39,23 @@ def check_probability(name: str, value) -> None:
 def train_config(defaults: dict, *overrides) -> TrainConfig:
     """The recipe's training defaults updated by ``overrides`` (dicts; None values are
     skipped), validated: a bad option fails here, before the recipe writes anything. Epochs
-    given without ``min_steps`` mean exactly those epochs (the default floor is dropped)."""
-    merged = dict(defaults)
+    given without ``min_steps`` mean exactly those epochs (the default floor is dropped; a
+    floor the user gave stays)."""
+    merged, floor_given = dict(defaults), False
     for o in overrides:
         given = {k: v for k, v in (o or {}).items() if v is not None}
-        if "epochs" in given and "min_steps" not in given:
+        floor_given = floor_given or "min_steps" in given
+        if "epochs" in given and not floor_given:
             merged.pop("min_steps", None)
         merged.update(given)
     return TrainConfig.build(merged)
 
 
 # ------------------------------------------------------------------------- task and teacher
-def as_task(task, seed: int = 0) -> Task:
-    """A :class:`~kdfast.data.tasks.Task` (given, or loaded by name)."""
-    return task if isinstance(task, Task) else load_task(task, seed=seed)
+def as_task(task) -> Task:
+    """A :class:`~kdfast.data.tasks.Task` (given, or loaded by name). A name always means the
+    same splits: the training seed never moves the test set (or a teacher's training data)."""
+    return task if isinstance(task, Task) else load_task(task)
 
 
 def training_sentences(task: Task) -> list[str]:

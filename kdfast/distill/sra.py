@@ -61,7 +61,7 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
     opts2.train_config(False, dict(train, **common))  # stage 2's options fail here, early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
 
-    task = plumbing.as_task(task, seed)
+    task = plumbing.as_task(task)
     cfg2 = opts2.train_config(task.is_pair, dict(train, **common,
                                                  metric=train.get("metric") or task.metric))
     s1_teacher, tokenizer, s1_path = plumbing.load_teacher_and_tokenizer(

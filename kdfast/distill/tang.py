@@ -6,7 +6,8 @@
 2. The student: word embeddings (the teacher's input embeddings, a word2vec/GloVe file or
    random) -> BiLSTM -> Linear -> ReLU -> Linear (:func:`build_student`).
 3. Training: ``alpha * CE + (1 - alpha) * ||z_T - z_S||^2`` (``loss="mse"``; ``kl`` /
-   ``soft_ce`` with a temperature), AdaDelta; ``loss="ce"`` trains on the hard labels alone.
+   ``soft_ce`` with a temperature), Adam by default (the paper: AdaDelta, see TANG_TRAIN);
+   ``loss="ce"`` trains on the hard labels alone.
 
 Word vectors (a documented choice): the student reads the teacher's WordPiece vocabulary and
 its embeddings start from the teacher's input embeddings (``embeddings="teacher"``), unless a
@@ -41,7 +42,8 @@ TANG_LOSSES = ("mse", "kl", "soft_ce", "ce")
 # sentences. kdfast's defaults fit ~5 min there (benchmarks/results/recipes-tasks.md): a
 # transfer set of about TRANSFER_BUDGET examples (never more copies than the paper's), Adam,
 # and a schedule in steps with a floor for small data and early stopping on dev.
-# `--n-aug 20 --optimizer adadelta --lr 1.0 --epochs 10 --patience 3` is the paper's.
+# `--n-aug 20 --optimizer adadelta --lr 1.0 --epochs 10 --patience 3` is the paper's
+# (`--n-aug 10` for pairs).
 TANG_TRAIN = dict(epochs=3, min_steps=600, batch_size=50, optimizer="adam", lr=1e-3, rho=0.95,
                   alpha=0.0, patience=2)
 TRANSFER_BUDGET = 15_000
@@ -320,7 +322,7 @@ def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_
                            student_given=student is not None)
     opts.train_config(False, dict(train, seed=seed, progress=progress))  # fails early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
-    task = plumbing.as_task(task, seed)
+    task = plumbing.as_task(task)
     cfg = opts.train_config(task.is_pair, dict(train, seed=seed, progress=progress,
                                                metric=train.get("metric") or task.metric))
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(

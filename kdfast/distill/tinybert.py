@@ -5,12 +5,13 @@
 * :func:`task_distill` -- task distillation from a fine-tuned teacher: step 1 the
   intermediate layers (attention + hidden) on the augmented transfer set
   (:mod:`kdfast.data.tinybert_augment`), step 2 the prediction layer (soft cross-entropy
-  against the teacher's logits; MSE for regression).
+  against the teacher's logits, mixed with the gold labels of the original sentences;
+  MSE for regression).
 * :func:`tinybert` runs ``stage="general"``, ``"task"`` or ``"all"`` (general, then task).
 
-The losses are :class:`~kdfast.distill.objectives.TinyBERTLoss` (``mode=DEFAULT_MODE``: the
-official definitions; ``"masked"``: real tokens only; ``style="minilm"``: MiniLM's attention
-KL + value relation). Students are :class:`~kdfast.models.TransformerStudent` (a plain
+The losses are :class:`~kdfast.distill.objectives.TinyBERTLoss` (``mode="exact"``: the
+official definitions and averaging; ``"masked"``, the default: real tokens only;
+``style="minilm"``: MiniLM's attention KL + value relation). Students are :class:`~kdfast.models.TransformerStudent` (a plain
 transformers BERT + the ``fit_dense`` projection); the teacher's internals come from ONE
 forward per batch (:class:`~kdfast.models.TeacherTaps`).
 """
@@ -40,8 +41,9 @@ GENERAL_TRAIN = dict(epochs=3, batch_size=32, optimizer="adamw", lr=5e-5, schedu
 # BERT-base-sized student and a large transfer set; on a few thousand sentences and a small
 # student they leave it near chance (issue 16). kdfast's defaults are sized in steps with a
 # floor for small data and a learning rate for small students; `--mode exact --alpha 0
-# --step1-epochs 20 --step1-lr 5e-5 --step2-epochs 3 --step2-lr 3e-5 --min-steps 1` is the
-# paper's recipe. Measurements: benchmarks/results/recipes-tasks.md.
+# --step1-epochs 20 --step1-lr 5e-5 --step2-epochs 3 --step2-lr 3e-5` is the paper's recipe
+# (given epochs count over the augmented set and drop the floors). Measurements:
+# benchmarks/results/recipes-tasks.md.
 STEP1_TRAIN = dict(epochs=4, min_steps=600, batch_size=32, optimizer="adamw", lr=1e-4,
                    scheduler="linear", warmup=0.1, weight_decay=0.01)
 # step 2's lr unless given: step2_lr(the student's width)
@@ -122,14 +124,18 @@ def sized_in_sentences(cfg, n_sentences: int, given) -> None:
     """A default schedule counts its epochs in the task's own sentences: augmented copies
     widen the pool the batches are drawn from, not the number of steps (``max_steps`` :=
     ``max(min_steps, epochs * batches of the training set)``, dev evaluated after each
-    such epoch). Epochs or steps the user gave (``given``) count over the whole transfer
-    set, as in the paper."""
+    such epoch, at most ten times, and checkpointed there so that ``--resume`` loses little).
+    Epochs or steps the user gave (``given``) count over the whole transfer set, as in the
+    paper."""
     if {"epochs", "max_steps"} & set(given):
         return
     per_epoch = math.ceil(n_sentences / cfg.batch_size)
     cfg.max_steps = max(cfg.min_steps or 1, math.ceil(cfg.epochs * per_epoch))
+    every = min(max(per_epoch, cfg.max_steps // 10), cfg.max_steps)
     if cfg.eval_every is None:  # dev model selection once per epoch of sentences
-        cfg.eval_every = min(per_epoch, cfg.max_steps)
+        cfg.eval_every = every
+    if cfg.checkpoint_every is None:  # one pass over the augmented set may never end
+        cfg.checkpoint_every = every
 
 
 def _check_common(mode, style, max_len):
@@ -201,13 +207,14 @@ def task_distill(teacher, task, out_dir, *, student, tokenizer=None, mode=DEFAUL
     """Task distillation from a fine-tuned teacher: step 1 (intermediate layers, augmented
     transfer set, ``step1`` training options) then step 2 (prediction layer, ``step2``
     options); ``train`` options apply to both. ``alpha``: the hard labels' weight in step 2
-    (default :data:`STEP2_ALPHA` for classification, 0 for regression). Returns ``(TransformerStudent, results)``;
-    students in ``out_dir/step1/student`` and ``out_dir/step2/student``, the augmented
+    (default :data:`STEP2_ALPHA` for classification, 0 for regression). Returns
+    ``(TransformerStudent, results)``; students in ``out_dir/step1/student`` and ``out_dir/step2/student``, the augmented
     sentences in ``out_dir/augmented.jsonl``, the summary in ``out_dir/results.json``."""
     run = task_setup(teacher, task, tokenizer=tokenizer, mode=mode, style=style, augment=augment,
                      n_a=n_a, p_t=p_t, k=k, mlm=mlm, glove=glove, transfer_cache=transfer_cache,
                      steps=steps, step1=step1, step2=step2, temperature=temperature,
-                     alpha=alpha, max_len=max_len, seed=seed, progress=progress, backend=backend, **train)
+                     alpha=alpha, max_len=max_len, seed=seed, progress=progress,
+                     backend=backend, **train)
     check_student(student, run.teacher_config, style)
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
@@ -236,7 +243,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     cfg2 = plumbing.train_config(STEP2_TRAIN, common, step2)
     given1 = {k for d in (train, step1 or {}) for k, v in d.items() if v is not None}
     given2 = {k for d in (train, step2 or {}) for k, v in d.items() if v is not None}
-    task = plumbing.as_task(task, seed)
+    task = plumbing.as_task(task)
     cfg1.metric, cfg2.metric = cfg1.metric or task.metric, cfg2.metric or task.metric
     if alpha is None:
         alpha = 0.0 if task.num_labels == 1 else STEP2_ALPHA
@@ -284,7 +291,8 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
             d2 = Distiller(taps, st, loss, train_data=data, dev_data=dev, test_data=test,
                            config=cfg2, out_dir=out_dir / "step2" if out_dir else None, **stage)
             results["step2"] = d2.train()
-            results["test"], results["dev"] = results["step2"].get("test"), results["step2"].get("dev")
+            results["test"] = results["step2"].get("test")
+            results["dev"] = results["step2"].get("dev")
         st.capture = True
         return st, results
 
@@ -312,7 +320,7 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
                             resume=resume, callbacks=callbacks, **kw)
     seed = kw.get("seed", 0)
     task_setup_run = task_setup(teacher, task, **kw) if stage == "all" else None
-    task_obj = plumbing.as_task(task, seed) if task is not None else None
+    task_obj = plumbing.as_task(task) if task is not None else None
     sentences = plumbing.sentences_from(unlabelled, task_obj, seed=seed)
     general_run = general_setup(general_teacher or teacher, sentences,
                                 **{k: kw[k] for k in GENERAL_SHARED if k in kw}, **(general or {}))
