@@ -51,6 +51,15 @@ def test_metric(res: dict):
     raise KeyError("no test metric in results.json")
 
 
+def commit() -> str:
+    """The checkout's commit (``+`` when it has uncommitted changes) a row was measured at."""
+    git = ["git", "-C", str(Path(__file__).parent)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+" if dirty else "")
+
+
 def run(cmd: list[str], log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -143,7 +152,7 @@ def main() -> int:
                 res = json.loads((run_dir / "results.json").read_text())
                 rows.append({"task": task, "recipe": recipe, "seed": seed, "extra": args.extra,
                              "test": test_metric(res), "teacher_test": test_metric(t_res),
-                             "wall_s": wall, "command": shlex.join(cmd)})
+                             "wall_s": wall, "command": shlex.join(cmd), "commit": commit()})
                 print(f"{task} {recipe} seed {seed}: test {100 * rows[-1]['test']:.2f} "
                       f"(teacher {100 * rows[-1]['teacher_test']:.2f}), {wall:.0f} s",
                       flush=True)
