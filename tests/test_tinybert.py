@@ -342,3 +342,57 @@ def test_augmentation_embedding_neighbours_glove_pairs_and_cache(tmp_path, monke
     a2, b2, _ = augment(["good movie", "bad plot"], ["the film", "a story"], tokenizer=tok,
                         embeddings=emb, n_a=3, p_t=0.5, k=2, seed=1, cache=cache)
     assert (a2, b2) == (a, b)
+
+
+@pytest.mark.parametrize("style,mode", [("tinybert", "exact"), ("tinybert", "masked"),
+                                        ("minilm", "exact"), ("minilm", "masked")])
+def test_attention_from_qk_matches_the_score_maps_in_a_training_step(tmp_path, style, mode):
+    """The recipes' default (Q and K captured, models on SDPA, map-free losses) gives the loss
+    and the student gradients of the score-map path (eager attention, map losses)."""
+    import copy
+
+    from transformers import BertForSequenceClassification, BertModel
+
+    from kdfast.distill.tinybert import teacher_taps, transformer_student
+    from kdfast.models import TeacherClassifier
+
+    tok = _tiny.tokenizer(tmp_path)
+    torch.manual_seed(3)
+    teacher = TeacherClassifier(BertModel(_bert_cfg(tok, 4, dropout=0.0)), 2,
+                                pooling="mean").double().eval()
+    cfg = student_config(teacher.encoder.config, num_labels=2, num_layers=2, hidden_size=12,
+                         num_heads=2, intermediate_size=16)
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    base = transformer_student(BertForSequenceClassification(cfg), teacher.encoder.config, 2,
+                               style=style).double().train()
+    enc = tok(["the good movie was very nice and the plot .", "a dull plot", "superb"],
+              padding=True, return_tensors="pt")  # ragged: a row with one word
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    batch = {"t_input_ids": ids, "t_attention_mask": mask, "t_token_type_ids": torch.zeros_like(ids)}
+    got = {}
+    for attention in ("qk", "scores"):
+        st = copy.deepcopy(base)
+        loss_fn = TinyBERTLoss(st, teacher.encoder.config, mode=mode, style=style,
+                               attention=attention)
+        assert attention in loss_fn.needs and st.attention == attention
+        with torch.no_grad():
+            t_out = teacher_taps(teacher, style).taps(batch, loss_fn.needs)
+        loss = loss_fn(st.forward_batch(batch), batch, t_out)
+        loss.backward()
+        got[attention] = (loss.detach(), {n: p.grad.clone() for n, p in st.named_parameters()
+                                          if p.grad is not None})
+    (l_qk, g_qk), (l_maps, g_maps) = got["qk"], got["scores"]
+    torch.testing.assert_close(l_qk, l_maps, rtol=1e-10, atol=1e-12)
+    assert g_qk.keys() == g_maps.keys() and any("query" in n for n in g_qk)
+    for n in g_qk:
+        torch.testing.assert_close(g_qk[n], g_maps[n], rtol=1e-8, atol=1e-10, msg=n)
+
+
+def test_attention_form_is_checked():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16)
+    st = TransformerStudent(BertForSequenceClassification(cfg), 8)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        TinyBERTLoss(st, cfg, attention="maps")

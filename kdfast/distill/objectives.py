@@ -2,8 +2,8 @@
 called as ``loss(student_out, batch, teacher_out)`` by :class:`kdfast.distill.Distiller`.
 
 ``teacher_out`` is a dict holding the ``needs`` keys: ``logits`` [B, C], ``vector`` [B, H]
-(a sentence vector), ``hidden`` / ``scores`` / ``values`` (per layer, from
-:class:`kdfast.models.TeacherTaps`). The Distiller fills it from cached outputs in the
+(a sentence vector), ``hidden`` / ``qk`` (``queries`` and ``keys``) / ``scores`` / ``values``
+(per layer, from :class:`kdfast.models.TeacherTaps`). The Distiller fills it from cached outputs in the
 examples (``t_logits``, ``t_vec``) or from ONE teacher forward per batch.
 
 * :class:`HardLabelLoss` -- cross-entropy on the labels (MSE for one output); needs nothing;
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 from kdfast.losses import (
     attention_kl,
+    attention_kl_qk,
     attention_mse,
+    attention_mse_qk,
     hidden_mse,
     layer_map,
     soft_cross_entropy,
@@ -44,6 +46,7 @@ LOGIT_KINDS = ("mse", "kl", "soft_ce")
 VECTOR_KINDS = ("mse", "cosine")
 MODES = ("exact", "masked")
 STYLES = ("tinybert", "minilm")
+ATTENTION = ("qk", "scores")  # attention losses from Q and K (no L x L map) or from score maps
 
 
 class HardLabelLoss:
@@ -178,7 +181,11 @@ class TinyBERTLoss:
 
     ``stage="intermediate"``: attention MSE on raw scores + hidden MSE through ``fit_dense``
     (uniform layer map, embedding output as layer 0; ``style="minilm"``: last-layer attention
-    KL + value relation instead), read from the student's ``taps``; ``stage="prediction"``:
+    KL + value relation instead), read from the student's ``taps``. ``attention="qk"``
+    computes the attention losses from each layer's Q and K (:mod:`kdfast.losses.relation`:
+    no L x L map, both models keep SDPA); ``"scores"`` from the materialised score maps (eager
+    attention); the two agree to rounding, and the loss sets ``student.attention`` to the form
+    it reads. ``stage="prediction"``:
     soft cross-entropy on logits (MSE for one output).
 
     ``mode="exact"``: the official code's definitions (scores <= -100 zeroed, means over
@@ -192,7 +199,7 @@ class TinyBERTLoss:
 
     def __init__(self, student, teacher_config, *, stage="intermediate", mode="exact",
                  style="tinybert", temperature: float = 1.0, alpha: float = 0.0,
-                 backend="auto"):
+                 attention="qk", backend="auto"):
         if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
         if alpha and stage != "prediction":
@@ -203,7 +210,10 @@ class TinyBERTLoss:
             raise ValueError(f"stage must be 'intermediate' or 'prediction', got {stage!r}")
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         self.student, self.stage, self.mode, self.style = student, stage, mode, style
+        self.attention = attention
         self.temperature, self.alpha, self.backend = temperature, alpha, backend
         self.needs_labels = alpha > 0
         self.att_map, self.hid_map = (None, None)
@@ -211,8 +221,8 @@ class TinyBERTLoss:
             self.att_map, self.hid_map = check_pair(teacher_config, base_bert(student).config,
                                                     style=style,
                                                     projection=student.fit_dense is not None)
-            self.needs = frozenset({"scores", "values"} if style == "minilm"
-                                   else {"scores", "hidden"})
+            self.needs = frozenset({attention, "values" if style == "minilm" else "hidden"})
+            student.attention = attention
         else:
             self.needs = frozenset({"logits"})
         self.name = f"{'minilm' if style == 'minilm' else 'tinybert'}-{stage}-{mode}"
@@ -223,28 +233,46 @@ class TinyBERTLoss:
         """The last components as floats (a host sync: for inspection, not per step)."""
         return {k: float(v) for k, v in self.components.items()}
 
+    def _attention_kl(self, s, t, mask):
+        """MiniLM's last-layer attention KL."""
+        i = self.att_map[0]
+        if self.attention == "qk":
+            return attention_kl_qk(s["queries"][-1], s["keys"][-1], t["queries"][i],
+                                   t["keys"][i], attention_mask=mask, backend=self.backend)
+        return attention_kl([s["scores"][-1]], [t["scores"][i]], attention_mask=mask,
+                            backend=self.backend)
+
+    def _attention_mse(self, s, t, mask):
+        """TinyBERT's attention MSE over the mapped layers: padded keys count 0 (``exact``:
+        the official arithmetic, every query row; ``masked``: real query x real key pairs)."""
+        if self.attention == "qk":
+            kind = "tinybert" if self.mode == "exact" else "masked"
+            return sum(attention_mse_qk(sq, sk, t["queries"][i], t["keys"][i],
+                                        attention_mask=mask, mode=kind, backend=self.backend)
+                       for sq, sk, i in zip(s["queries"], s["keys"], self.att_map))
+        t_scores = [t["scores"][i] for i in self.att_map]
+        if self.mode == "exact":
+            return attention_mse(s["scores"], t_scores, mode="tinybert", inputs="scores",
+                                 backend=self.backend)
+        keys = (mask == 0)[:, None, None, :]  # padded keys: 0 on both sides, no inf - inf
+        return attention_mse([x.masked_fill(keys, 0.0) for x in s["scores"]],
+                             [x.masked_fill(keys, 0.0) for x in t_scores], mode="masked",
+                             attention_mask=mask, backend=self.backend)
+
     def intermediate(self, s, t, mask):
         if self.style == "minilm":
-            att = attention_kl([s["scores"][-1]], [t["scores"][self.att_map[0]]],
-                               attention_mask=mask, backend=self.backend)
-            heads = s["scores"][-1].shape[1]
+            att = self._attention_kl(s, t, mask)
+            heads = base_bert(self.student).config.num_attention_heads
             val = value_relation_kl(s["values"][-1], t["values"][-1], attention_mask=mask,
                                     num_relation_heads=heads, backend=self.backend)
             self.components = {"attention_kl": att.detach(), "value_relation": val.detach()}
             return att + val
-        t_scores = [t["scores"][i] for i in self.att_map]
+        att = self._attention_mse(s, t, mask)
         t_hidden = [t["hidden"][i] for i in self.hid_map]
-        s_scores, proj = s["scores"], self.student.fit_dense
+        proj = self.student.fit_dense
         if self.mode == "exact":
-            att = attention_mse(s_scores, t_scores, mode="tinybert", inputs="scores",
-                                backend=self.backend)
             hid = hidden_mse(s["hidden"], t_hidden, projection=proj, tinybert_compat=True)
         else:
-            keys = (mask == 0)[:, None, None, :]  # padded keys: 0 on both sides, no inf - inf
-            s_scores = [x.masked_fill(keys, 0.0) for x in s_scores]
-            t_scores = [x.masked_fill(keys, 0.0) for x in t_scores]
-            att = attention_mse(s_scores, t_scores, mode="masked", attention_mask=mask,
-                                backend=self.backend)
             hid = hidden_mse(s["hidden"], t_hidden, projection=proj, attention_mask=mask)
         self.components = {"attention": att.detach(), "hidden": hid.detach()}
         return att + hid
@@ -281,6 +309,7 @@ class MiniLMLoss(TinyBERTLoss):
     """MiniLM (Wang et al. 2020): last-layer attention KL + value-relation KL
     (``TinyBERTLoss(style="minilm")``)."""
 
-    def __init__(self, student, teacher_config, *, mode="exact", backend="auto"):
+    def __init__(self, student, teacher_config, *, mode="exact", attention="qk",
+                 backend="auto"):
         super().__init__(student, teacher_config, stage="intermediate", mode=mode,
-                         style="minilm", backend=backend)
+                         style="minilm", attention=attention, backend=backend)

@@ -5,15 +5,19 @@
 * :func:`as_classifier` -- a BertForSequenceClassification around an encoder's weights;
 * :func:`build_transformer` -- a student model from a config dict, a directory or a model;
 * :class:`TransformerStudent` -- a transformers BERT plus TinyBERT's ``fit_dense``
-  projection; in training it keeps its hidden states, raw attention scores and values
-  (``taps``) for the loss;
+  projection; in training it keeps its hidden states, attention (Q and K, or raw scores) and
+  values (``taps``) for the loss;
 * :class:`TeacherTaps` -- a teacher whose ``taps(batch, needs)`` returns logits, hidden
-  states, raw scores and values from ONE forward;
+  states, attention and values from ONE forward;
 * :func:`load_transformer_student` -- a saved student back.
 
-Raw attention scores come from :func:`kdfast.models.capture.capture_attention_scores` (an
-attention implementation registered with transformers, nothing edited), values from forward
-hooks on the value projections, hidden states from ``output_hidden_states=True``. Students
+Attention comes as each layer's Q and K after the projections
+(:func:`kdfast.models.capture.capture_qkv`, forward hooks: the model keeps its SDPA / flash
+attention; the ``qk`` tap, for the map-free losses of :mod:`kdfast.losses.relation`) or as
+raw score maps (:func:`kdfast.models.capture.capture_attention_scores`, an eager attention
+implementation registered with transformers for that forward; the ``scores`` tap); values
+come from forward hooks on the value projections, hidden states from
+``output_hidden_states=True``. Students
 are plain transformers models saved with ``save_pretrained``; the projection is an extra file
 (``kdfast_fit_dense.safetensors``) that transformers ignores.
 """
@@ -27,11 +31,12 @@ import torch
 from torch import nn
 
 from kdfast.losses import Projection
-from kdfast.models.capture import capture_attention_scores
+from kdfast.models.capture import capture_attention_scores, capture_qkv
 from kdfast.models.teachers import TeacherClassifier
 
 FIT_DENSE_FILE = "kdfast_fit_dense.safetensors"
-TAPS = ("logits", "hidden", "scores", "values")
+TAPS = ("logits", "hidden", "scores", "qk", "values")
+ATTENTION = {"qk": capture_qkv, "scores": capture_attention_scores}  # how attention is recorded
 
 
 def base_bert(model):
@@ -121,32 +126,43 @@ def build_transformer(student, teacher_config, num_labels: int | None = None, se
                     f"{type(student).__name__}")
 
 
-def forward_with_taps(model, batch, *, scores: bool = True, value_layers=()):
-    """One forward of a transformers BERT on a collated batch with hidden states, optional raw
-    attention scores and the value projections' outputs of ``value_layers``:
-    ``(model output, scores or None, values)``."""
+def forward_with_taps(model, batch, *, attention=None, value_layers=()):
+    """One forward of a transformers BERT on a collated batch: ``(model output, taps)``, taps
+    = ``hidden`` (embedding output + every layer), the attention of every layer as
+    ``attention="qk"`` (``queries`` and ``keys``, [B, H, L, d]), ``"scores"`` (raw
+    ``scores``, [B, H, L, L]), both (a tuple) or none, and ``values``: the value projections'
+    outputs of ``value_layers`` ([B, L, D])."""
+    forms = {attention} if isinstance(attention, str) else set(attention or ())
+    if forms - set(ATTENTION):
+        raise ValueError(f"attention must be among {tuple(ATTENTION)}, got {attention!r}")
     base = base_bert(model)
     values, handles = {}, []
     for i in value_layers:
         def hook(mod, args, out, i=i):
             values[i] = out
         handles.append(base.encoder.layer[i].attention.self.value.register_forward_hook(hook))
-    ctx = capture_attention_scores(model) if scores else contextlib.nullcontext()
     try:
-        with ctx as cap:
+        with contextlib.ExitStack() as stack:
+            cap = {f: stack.enter_context(ATTENTION[f](model)) for f in forms}
             out = model(input_ids=batch["t_input_ids"], attention_mask=batch["t_attention_mask"],
                         token_type_ids=batch.get("t_token_type_ids"), output_hidden_states=True)
     finally:
         for h in handles:
             h.remove()
-    return out, (list(cap.scores) if scores else None), [values[i] for i in value_layers]
+    taps = {"hidden": list(out.hidden_states), "values": [values[i] for i in value_layers]}
+    if "scores" in cap:
+        taps["scores"] = list(cap["scores"].scores)
+    if "qk" in cap:
+        taps["queries"], taps["keys"] = list(cap["qk"].queries), list(cap["qk"].keys)
+    return out, taps
 
 
 class TeacherTaps(nn.Module):
     """A teacher (a :class:`~kdfast.models.TeacherClassifier`, a BertModel or a BertFor*
     model) whose :meth:`taps` returns what a loss ``needs`` from ONE forward: ``logits``
-    (None for a bare encoder), ``hidden`` (embedding output + every layer), ``scores`` (raw
-    attention scores per layer) and ``values`` (of ``value_layers``)."""
+    (None for a bare encoder), ``hidden`` (embedding output + every layer), ``qk`` (each
+    layer's ``queries`` and ``keys``; the teacher keeps SDPA) or ``scores`` (raw attention
+    score maps, eager attention) and ``values`` (of ``value_layers``)."""
 
     def __init__(self, teacher, *, value_layers=()):
         super().__init__()
@@ -166,15 +182,14 @@ class TeacherTaps(nn.Module):
         if set(needs) <= {"logits"} and isinstance(t, TeacherClassifier):
             return {"logits": t.forward_batch(batch)}
         enc = t.encoder if isinstance(t, TeacherClassifier) else t
-        out, scores, values = forward_with_taps(
-            enc, batch, scores="scores" in needs,
-            value_layers=self.value_layers if "values" in needs else ())
+        attention = [f for f in ATTENTION if f in needs]
+        out, taps = forward_with_taps(enc, batch, attention=attention,
+                                      value_layers=self.value_layers if "values" in needs else ())
         if isinstance(t, TeacherClassifier):
             logits = t.head_logits(out, batch["t_attention_mask"])
         else:
             logits = getattr(out, "logits", None)
-        return {"logits": logits, "hidden": list(out.hidden_states), "scores": scores,
-                "values": values}
+        return {"logits": logits, **taps}
 
     def forward_batch(self, batch):
         """Every tap (the loss-callable protocol of :class:`kdfast.distill.Distiller`)."""
@@ -186,7 +201,9 @@ class TransformerStudent(nn.Module):
 
     ``forward_batch`` returns the logits (a classifier) or the last hidden state (a bare
     encoder); in training mode with ``capture`` on it also keeps the student's hidden states,
-    raw scores and values of ``value_layers`` in ``self.taps`` for the loss."""
+    attention (``self.attention``: ``"qk"`` or ``"scores"``, see :func:`forward_with_taps`;
+    an intermediate loss sets it to the form it reads) and values of ``value_layers`` in
+    ``self.taps`` for the loss."""
 
     def __init__(self, model, teacher_hidden: int | None = None, *, projection: bool | None = None,
                  value_layers=()):
@@ -201,6 +218,7 @@ class TransformerStudent(nn.Module):
                              "loss needs the fit_dense projection")
         self.fit_dense = Projection(d_s, teacher_hidden or d_s) if projection else None
         self.capture = True
+        self.attention = "scores"
         self.value_layers = list(value_layers)
         self.taps = None
 
@@ -215,9 +233,8 @@ class TransformerStudent(nn.Module):
 
     def forward_batch(self, batch):
         if self.training and self.capture:
-            out, scores, values = forward_with_taps(self.model, batch,
-                                                    value_layers=self.value_layers)
-            self.taps = {"hidden": list(out.hidden_states), "scores": scores, "values": values}
+            out, self.taps = forward_with_taps(self.model, batch, attention=self.attention,
+                                               value_layers=self.value_layers)
         else:
             self.taps = None
             out = self.model(input_ids=batch["t_input_ids"], attention_mask=batch["t_attention_mask"],
