@@ -52,10 +52,11 @@ def test_metric(res: dict):
 
 
 def commit() -> str:
-    """The checkout's commit (``+`` when it has uncommitted changes) a row was measured at."""
+    """The checkout's commit a row was measured at (``+``: the library has uncommitted changes)."""
     git = ["git", "-C", str(Path(__file__).parent)]
     head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+    library = ["--", "../kdfast", "../csrc", "../setup.py"]  # paths from benchmarks/
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", *library],
                            capture_output=True, text=True).stdout.strip()
     return head.stdout.strip() + ("+" if dirty else "")
 
@@ -109,7 +110,8 @@ def table(rows: list[dict], machine: str) -> str:
               "## Commands", ""]
     for r in rows:
         if not r.get("extra"):
-            lines.append(f"- `{r['command']}`")
+            at = r.get("commit", "990c837-99f634a: before rows recorded their commit")
+            lines.append(f"- `{r['command']}` (at {at})")
     return "\n".join(lines) + "\n"
 
 
