@@ -108,6 +108,7 @@ def _ddp_worker(rank, world, port, path):
     d.train()
     if rank == 0:
         torch.save(s.state_dict(), path)
+    dist.barrier()  # tear gloo down together: a rank leaving early aborted its peer (SIGABRT)
     dist.destroy_process_group()
 
 
