@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -104,7 +103,7 @@ def main() -> int:
         print(json.dumps(peak_rss_growth(int(args.memory_child[0]), args.memory_child[1])))
         return 0
 
-    from kdfast.bench.harness import machine
+    from kdfast.bench.harness import machine, median_p90
 
     rows = []
     for length in args.lengths:
@@ -121,12 +120,11 @@ def main() -> int:
             child = subprocess.run([sys.executable, __file__, "--memory-child", str(length), form],
                                    capture_output=True, text=True, check=True,
                                    env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
-            ts = sorted(times[form])
+            median, p90 = median_p90(times[form])
             rows.append({"L": length, "L_real": int(batch["t_attention_mask"].shape[1]),
-                         "form": form, "median_s": statistics.median(ts),
-                         "p90_s": ts[min(len(ts) - 1, int(0.9 * len(ts)))],
+                         "form": form, "median_s": median, "p90_s": p90,
                          "peak_rss_growth_mib": json.loads(child.stdout.strip().splitlines()[-1]),
-                         "steps": len(ts)})
+                         "steps": len(times[form])})
             print(rows[-1], flush=True)
     m = machine()
     m["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)

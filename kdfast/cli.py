@@ -137,7 +137,7 @@ OPTIONS = {
     "patience": Opt(None, POSITIVE_INT, "early stopping: evaluations without improvement"),
     "checkpoint_every": Opt(None, POSITIVE_INT, "checkpoint every N steps (and at epoch ends)"),
     "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation; "
-                                 "never the task's splits)"),
+                         "never the task's splits)"),
     "amp": Opt(None, str, "mixed precision: auto = bf16 on a GPU", ("auto", "bf16", "off")),
     "device": Opt(None, DEVICE, "cpu | cuda (default: cuda when present)"),
     "report_to": Opt(None, str, "training scalars: tensorboard (in --out/tensorboard) | wandb | "

@@ -368,7 +368,8 @@ def test_attention_from_qk_matches_the_score_maps_in_a_training_step(tmp_path, s
     enc = tok(["the good movie was very nice and the plot .", "a dull plot", "superb"],
               padding=True, return_tensors="pt")  # ragged: a row with one word
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    batch = {"t_input_ids": ids, "t_attention_mask": mask, "t_token_type_ids": torch.zeros_like(ids)}
+    batch = {"t_input_ids": ids, "t_attention_mask": mask,
+             "t_token_type_ids": torch.zeros_like(ids)}
     got = {}
     for attention in ("qk", "scores"):
         st = copy.deepcopy(base)

@@ -67,6 +67,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def median_p90(times) -> tuple[float, float]:
+    """The median and the 90th percentile (nearest rank) of a list of timings."""
+    ts = sorted(times)
+    return statistics.median(ts), ts[min(len(ts) - 1, int(0.9 * len(ts)))]
+
+
 def time_call(fn: Callable[[], object], device: str, *, warmup: int, repeat: int,
               max_seconds: float = 10.0):
     """Median milliseconds of ``fn`` and the peak extra bytes it allocated (GPU only)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -126,9 +125,8 @@ def time_interleaved(loss, length, rounds):
             times[n].append((time.perf_counter() - t0) * 1e3)
     out = {}
     for n, ts in times.items():
-        ts = sorted(ts)
-        out[n] = {"median_ms": statistics.median(ts), "p90_ms": ts[min(len(ts) - 1, int(0.9 * len(ts)))],
-                  "calls": len(ts)}
+        median, p90 = harness.median_p90(ts)
+        out[n] = {"median_ms": median, "p90_ms": p90, "calls": len(ts)}
     return out
 
 

@@ -3,8 +3,8 @@ called as ``loss(student_out, batch, teacher_out)`` by :class:`kdfast.distill.Di
 
 ``teacher_out`` is a dict holding the ``needs`` keys: ``logits`` [B, C], ``vector`` [B, H]
 (a sentence vector), ``hidden`` / ``qk`` (``queries`` and ``keys``) / ``scores`` / ``values``
-(per layer, from :class:`kdfast.models.TeacherTaps`). The Distiller fills it from cached outputs in the
-examples (``t_logits``, ``t_vec``) or from ONE teacher forward per batch.
+(per layer, from :class:`kdfast.models.TeacherTaps`). The Distiller fills it from cached
+outputs in the examples (``t_logits``, ``t_vec``) or from ONE teacher forward per batch.
 
 * :class:`HardLabelLoss` -- cross-entropy on the labels (MSE for one output); needs nothing;
 * :class:`LogitLoss` -- Tang et al. / Hinton: ``alpha * CE + (1 - alpha) * soft``, soft =

@@ -11,9 +11,10 @@
 
 The losses are :class:`~kdfast.distill.objectives.TinyBERTLoss` (``mode="exact"``: the
 official definitions and averaging; ``"masked"``, the default: real tokens only;
-``style="minilm"``: MiniLM's attention KL + value relation). Students are :class:`~kdfast.models.TransformerStudent` (a plain
-transformers BERT + the ``fit_dense`` projection); the teacher's internals come from ONE
-forward per batch (:class:`~kdfast.models.TeacherTaps`).
+``style="minilm"``: MiniLM's attention KL + value relation). Students are
+:class:`~kdfast.models.TransformerStudent` (a plain transformers BERT + the ``fit_dense``
+projection); the teacher's internals come from ONE forward per batch
+(:class:`~kdfast.models.TeacherTaps`).
 """
 from __future__ import annotations
 
