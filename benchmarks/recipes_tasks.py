@@ -78,7 +78,7 @@ def teacher(task: str, out: Path) -> tuple[Path, dict]:
     return d / "teacher", json.loads((d / "results.json").read_text())
 
 
-def table(rows: list[dict], machine: str) -> str:
+def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
     lines = ["# The recipes' defaults on real tasks (CPU)", "",
              f"Machine: {machine}. Written by `benchmarks/recipes_tasks.py` (rerun it to "
              "reproduce; the exact commands are in `recipes-tasks.json` and below).", "",
@@ -112,6 +112,13 @@ def table(rows: list[dict], machine: str) -> str:
         if not r.get("extra"):
             at = r.get("commit", "990c837-99f634a: before rows recorded their commit")
             lines.append(f"- `{r['command']}` (at {at})")
+    if superseded:
+        lines += ["", "## Superseded rows", "",
+                  "Measured with earlier defaults and measured again since (same command):", ""]
+        for r in superseded:
+            lines.append(f"- {r['task']} {r['recipe']} seed {r['seed']}: test "
+                         f"{100 * r['test']:.2f}, {r['wall_s']:.0f} s (at "
+                         f"{r.get('commit', '990c837-99f634a')})")
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +133,9 @@ def main() -> int:
     p.add_argument("--results", default="benchmarks/results")
     p.add_argument("--name", default="recipes-tasks")
     p.add_argument("--extra", default="", help="extra flags for every recipe (exploration)")
+    p.add_argument("--rerun", action="store_true",
+                   help="measure the selected rows again (after a change of defaults); the old "
+                        "ones are kept in the JSON under 'superseded'")
     args = p.parse_args()
 
     from kdfast.bench.harness import machine
@@ -133,7 +143,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.results) / f"{args.name}.json"
-    rows = json.loads(store.read_text())["rows"] if store.is_file() else []
+    saved = json.loads(store.read_text()) if store.is_file() else {}
+    rows, superseded = saved.get("rows", []), saved.get("superseded", [])
     m = machine()
     desc = ", ".join(f"{k}={v}" for k, v in m.items())
     for seed in args.seeds:
@@ -141,8 +152,9 @@ def main() -> int:
             t_dir, t_res = teacher(task, out)
             for recipe in args.recipes:
                 key = (task, recipe, seed, args.extra)
-                if any((r["task"], r["recipe"], r["seed"], r.get("extra", "")) == key
-                       for r in rows):
+                old = [r for r in rows
+                       if (r["task"], r["recipe"], r["seed"], r.get("extra", "")) == key]
+                if old and not args.rerun:
                     continue
                 tag = "-x" + "".join(c if c.isalnum() else "_" for c in args.extra) \
                     if args.extra else ""
@@ -152,14 +164,17 @@ def main() -> int:
                        "--no-progress", *shlex.split(args.extra)]
                 wall = run(cmd, run_dir.with_suffix(".log"))
                 res = json.loads((run_dir / "results.json").read_text())
+                superseded += old
+                rows = [r for r in rows if r not in old]
                 rows.append({"task": task, "recipe": recipe, "seed": seed, "extra": args.extra,
                              "test": test_metric(res), "teacher_test": test_metric(t_res),
                              "wall_s": wall, "command": shlex.join(cmd), "commit": commit()})
                 print(f"{task} {recipe} seed {seed}: test {100 * rows[-1]['test']:.2f} "
                       f"(teacher {100 * rows[-1]['teacher_test']:.2f}), {wall:.0f} s",
                       flush=True)
-                store.write_text(json.dumps({"machine": m, "rows": rows}, indent=1))
-                store.with_suffix(".md").write_text(table(rows, desc))
+                store.write_text(json.dumps({"machine": m, "rows": rows,
+                                             "superseded": superseded}, indent=1))
+                store.with_suffix(".md").write_text(table(rows, desc, superseded))
     return 0
 
 

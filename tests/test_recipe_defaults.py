@@ -12,9 +12,10 @@ from kdfast.data.tasks import load_task
 from kdfast.distill import plumbing, task_distill
 from kdfast.distill.objectives import TinyBERTLoss
 from kdfast.distill.tang import TRANSFER_BUDGET, default_n_iter
-from kdfast.distill.tinybert import (STEP1_TRAIN, STEP2_TRAIN, sized_in_sentences, step2_lr,
-                                     transfer_examples)
+from kdfast.distill.tinybert import (STEP1_TRAIN, STEP2_TRAIN, prediction_pool, sized_in_sentences,
+                                     step2_lr, transfer_examples)
 from kdfast.models import TransformerStudent
+from kdfast.models.transformer import TeacherTaps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -68,8 +69,11 @@ def test_default_task_distillation_schedule_ignores_the_augmentation_factor(tmp_
     _, res = task_distill(teacher, _tiny.task(16), None, tokenizer=tok, student=small, n_a=3,
                           k=2, batch_size=8, progress=False, min_steps=3, report_to="none")
     assert res["transfer_examples"] == 16 * 4
-    # 4 (step 1) and 3 (step 2) epochs of the 16 originals = 8 and 6 steps, not x4
-    assert (res["step1"]["steps"], res["step2"]["steps"]) == (8, 6)
+    # 4 (step 1) and 8 (step 2) epochs of the 16 originals = 8 and 16 steps, not x4
+    assert (res["step1"]["steps"], res["step2"]["steps"]) == (8, 16)
+    # step 2 trains on a teacher-labelled pool: the originals and 2 of their 3 copies, each
+    # seen about STEP2_REUSE times (16 steps x 8 / 3 = 43 -> 3 x 16 = 48)
+    assert res["step2_pool"]["examples"] == 48 and res["step2_pool"]["copies"] == 2
     assert res["alpha"] == 0.5 and res["mode"] == "masked"
     assert "step 2: best dev" in res["selection"]
     assert res["step2_lr"] == step2_lr(8) == 3e-4  # narrow students: the cap
@@ -77,6 +81,30 @@ def test_default_task_distillation_schedule_ignores_the_augmentation_factor(tmp_
                           k=2, batch_size=8, progress=False, min_steps=1, report_to="none",
                           step2={"lr": 1e-5}, steps=("prediction",))
     assert res["step2_lr"] == 1e-5  # the user's lr wins
+
+
+def test_prediction_pool_keeps_every_original_and_the_first_copies():
+    examples = [{"copy": c, "i": i} for i in range(10) for c in range(5)]
+    pool = prediction_pool(examples, steps=20, batch_size=3, reuse=2)  # 30 -> 3 per original
+    assert [e["copy"] for e in pool] == [0, 1, 2] * 10
+    assert len(prediction_pool(examples, steps=1, batch_size=1)) == 10  # never below the originals
+    assert len(prediction_pool(examples, steps=10**6, batch_size=32)) == 50  # nor above all
+
+
+def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    teacher.has_trained_head = True
+    calls = []
+    labelled = plumbing.teacher_outputs
+    monkeypatch.setattr(plumbing, "teacher_outputs",
+                        lambda t, ex, **k: calls.append(len(ex)) or labelled(t, ex, **k))
+    monkeypatch.setattr(TeacherTaps, "taps", lambda *a, **k: pytest.fail("teacher forward"))
+    small = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16)
+    _, res = task_distill(teacher, _tiny.task(16), None, tokenizer=tok, student=small, n_a=3,
+                          k=2, batch_size=8, progress=False, steps=("prediction",),
+                          step2={"max_steps": 5}, report_to="none")
+    assert calls == [res["step2_pool"]["examples"]] and res["step2"]["steps"] == 5
 
 
 def test_step2_lr_shrinks_with_the_students_width():

@@ -65,8 +65,8 @@ def test_tang_distils_on_the_cached_augmented_transfer_set(tiny, tmp_path, monke
 
     assert load_tokenizer(tmp_path / "kd" / "student").get_vocab() == tok.get_vocab()
     # a second run reuses the cached transfer set: the teacher is not called again
-    tang_module = importlib.import_module("kdfast.distill.tang")
-    monkeypatch.setattr(tang_module, "teacher_outputs", lambda *a, **k: pytest.fail("teacher called"))
+    plumbing = importlib.import_module("kdfast.distill.plumbing")
+    monkeypatch.setattr(plumbing, "teacher_outputs", lambda *a, **k: pytest.fail("teacher called"))
     _, res2 = tang(teacher, task, tmp_path / "kd", tokenizer=tok, n_iter=3, epochs=1,
                    transfer_cache=cache, overwrite=True, **FAST)
     assert res2["transfer_set"] == ts

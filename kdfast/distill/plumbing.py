@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from kdfast.data.tasks import Task, load_task
-from kdfast.data.tokenize import encode
+from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
 from kdfast.distill.trainer import TrainConfig, is_rank0
 from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
@@ -122,13 +122,44 @@ def load_teacher_and_tokenizer(teacher, tokenizer=None, *, num_labels=None,
     return model, tokenizer, path
 
 
+@torch.inference_mode()
+def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None = None,
+                    batch_size: int = 128, device=None, progress: bool = False, bf16=None):
+    """Teacher logits [N, C] (and sentence vectors [N, H] if ``vector``) for examples.
+    ``bf16``: autocast to bfloat16 (default: on a GPU only; True also on a CPU)."""
+    device = torch_device(device)
+    teacher.to(device).eval()
+    logits = [None] * len(examples)
+    vecs = [None] * len(examples)
+    batches = length_batches(examples, batch_size, "t_ids")
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc="teacher", unit="batch", leave=False)
+    needs = ("logits", "vector") if vector else ("logits",)
+    for idx in it:
+        b = to_device(collate([examples[i] for i in idx]), device)
+        with torch.autocast(device.type, torch.bfloat16,
+                            enabled=device.type == "cuda" if bf16 is None else bool(bf16)):
+            out = teacher.taps(b, needs, vector=vector)
+        lg = out["logits"].float().cpu()
+        v = out["vector"].float().cpu() if vector else None
+        for j, i in enumerate(idx):
+            logits[i] = lg[j]
+            if v is not None:
+                vecs[i] = v[j]
+    return torch.stack(logits), (torch.stack(vecs) if vector else None)
+
+
 def encode_split(tokenizer, split, max_len: int, *, student: bool = True, teacher: bool = True,
                  labels: bool = True):
     return encode(tokenizer, split.texts, split.texts_b, split.labels if labels else None,
                   max_len=max_len, student=student, teacher=teacher)
 
 
-def device(name=None) -> torch.device:
+def torch_device(name=None) -> torch.device:
+    """``name``'s device; by default the GPU when there is one."""
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from kdfast.data.tokenize import collate, encode, length_batches, to_device
+from kdfast.data.tokenize import encode
 from kdfast.distill import outputs, plumbing
 from kdfast.distill.objectives import HardLabelLoss, LogitLoss
 from kdfast.distill.trainer import Distiller, TrainConfig, init_distributed
@@ -55,37 +55,6 @@ def default_n_iter(n: int, pair: bool) -> int:
     return max(1, min(10 if pair else 20, TRANSFER_BUDGET // max(1, n) - 1))
 
 
-# ------------------------------------------------------------------------- teacher outputs
-@torch.inference_mode()
-def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None = None,
-                    batch_size: int = 128, device=None, progress: bool = False, bf16=None):
-    """Teacher logits [N, C] (and sentence vectors [N, H] if ``vector``) for examples.
-    ``bf16``: autocast to bfloat16 (default: on a GPU only; True also on a CPU)."""
-    device = plumbing.device(device)
-    teacher.to(device).eval()
-    logits = [None] * len(examples)
-    vecs = [None] * len(examples)
-    batches = length_batches(examples, batch_size, "t_ids")
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(batches, desc="teacher", unit="batch", leave=False)
-    needs = ("logits", "vector") if vector else ("logits",)
-    for idx in it:
-        b = to_device(collate([examples[i] for i in idx]), device)
-        with torch.autocast(device.type, torch.bfloat16,
-                            enabled=device.type == "cuda" if bf16 is None else bool(bf16)):
-            out = teacher.taps(b, needs, vector=vector)
-        lg = out["logits"].float().cpu()
-        v = out["vector"].float().cpu() if vector else None
-        for j, i in enumerate(idx):
-            logits[i] = lg[j]
-            if v is not None:
-                vecs[i] = v[j]
-    return torch.stack(logits), (torch.stack(vecs) if vector else None)
-
-
 def _fingerprint(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -112,7 +81,7 @@ def transfer_set(teacher, tokenizer, split, *, cache=None, device=None, **kw):
     Written atomically to ``cache`` (a ``.pt`` file) and reused when the teacher, data and
     settings match; a truncated cache is a ValueError naming the file. Under torchrun, rank 0
     builds and caches it while the other ranks wait, then read it."""
-    dist = init_distributed(plumbing.device(device).type)
+    dist = init_distributed(plumbing.torch_device(device).type)
     if dist is None or cache is None:
         return _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
     if dist.get_rank() == 0:
@@ -154,7 +123,7 @@ def _transfer_set(teacher, tokenizer, split, *, cache=None, augment: bool = True
         gold += [None] * n_aug
     t_aug = time.perf_counter() - t0
     ex = encode(tokenizer, texts_a, texts_b, None, max_len=max_len, student=False)
-    logits, vecs = teacher_outputs(teacher, ex, vector=vector, device=device, progress=progress,
+    logits, vecs = plumbing.teacher_outputs(teacher, ex, vector=vector, device=device, progress=progress,
                                    bf16=bf16)
     labels = [g if g is not None else int(a) for g, a in zip(gold, logits.argmax(-1).tolist())]
     if logits.shape[-1] == 1:  # regression: the label is the teacher's prediction
