@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <vector>
 
@@ -119,11 +120,23 @@ KDFAST_BILSTM_FRONT(f32, float)
 KDFAST_BILSTM_FRONT(f64, double)
 #undef KDFAST_BILSTM_FRONT
 
+// False once oneDNN's matmul has refused this CPU: torch 2.13's checks the CPU for a bf16 path
+// even on fp32 inputs and throws on CPUs without AVX-512 (seen on an AVX2-only AMD EPYC), before
+// it writes anything; from then on the GEMMs go through at::mm.
+std::atomic<bool> mkldnn_usable{true};
+
 // c = a @ b + beta * c for 2-D a, b and a contiguous c of the right shape.
 void mm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool accumulate) {
-  if (a.scalar_type() == at::kFloat && &at::native::mkldnn_matmul != nullptr) {
-    at::native::mkldnn_matmul(a, b, c, accumulate ? 1.0f : 0.0f, 1.0f);
-  } else if (accumulate) {
+  if (a.scalar_type() == at::kFloat && &at::native::mkldnn_matmul != nullptr &&
+      mkldnn_usable.load(std::memory_order_relaxed)) {
+    try {
+      at::native::mkldnn_matmul(a, b, c, accumulate ? 1.0f : 0.0f, 1.0f);
+      return;
+    } catch (const c10::Error&) {
+      mkldnn_usable.store(false, std::memory_order_relaxed);
+    }
+  }
+  if (accumulate) {
     at::Tensor out = c;
     out.addmm_(a, b);
   } else {
