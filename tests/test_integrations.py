@@ -192,6 +192,37 @@ def test_loss_is_the_global_batch_mean(tmp_path):
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("spec", [
+    dict(SPEC, mode="masked"), dict(SPEC, mode="exact"),
+    dict(logit_loss="mse", alpha=0.3, intermediate="minilm")], ids=["masked", "exact", "minilm"])
+def test_attention_from_qk_matches_the_score_maps(tmp_path, spec):
+    """attention="qk" (capture_qkv, no L x L map) and "scores" (eager score maps) give the same
+    loss, components and student gradients in float64 on a padded batch."""
+    from transformers import DataCollatorWithPadding
+
+    tok = _tiny.tokenizer(tmp_path)
+    batch = DataCollatorWithPadding(tok)(_data(tok, 8, seed=3))
+    assert (batch["attention_mask"] == 0).any()  # ragged: padded keys and query rows
+    got = {}
+    for attention in ("qk", "scores"):
+        tr = _trainer(tok, tmp_path / attention, spec=dict(spec, attention=attention))
+        tr.model.double().train()
+        tr.teacher.double()
+        counts = {"counts": tr._counts(batch, torch.device("cpu"))}  # as get_batch_samples
+        loss = tr.compute_loss(tr.model, dict(batch), num_items_in_batch=counts)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in tr.model.named_parameters() if p.grad is not None}
+        got[attention] = loss.detach(), grads, tr._components.totals()
+    (lq, gq, cq), (ls, gs, cs) = got["qk"], got["scores"]
+    torch.testing.assert_close(lq, ls, rtol=1e-10, atol=1e-12)
+    assert set(cq) == set(cs) and ("attention" in cq or "attention_kl" in cq)
+    for k in cq:
+        assert cq[k] == pytest.approx(cs[k], rel=1e-6), k  # logged in float32
+    assert gq.keys() == gs.keys() and any("attention.self.query" in k for k in gq)
+    for k in gq:
+        torch.testing.assert_close(gq[k], gs[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,6 +279,8 @@ def test_spec_and_teacher_errors(tmp_path):
         _trainer(tok, tmp_path / "x", spec=dict(logit_loss=None))
     with pytest.raises(ValueError, match="alpha"):
         _trainer(tok, tmp_path / "x", spec=dict(alpha=2.0))
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _trainer(tok, tmp_path / "x", spec=dict(SPEC, attention="probs"))
     with pytest.raises(ValueError, match="layer_map"):
         _trainer(tok, tmp_path / "x", spec=dict(intermediate="tinybert", layer_map=[0, 9]))
     with pytest.raises(ValueError, match="teacher="):

@@ -13,7 +13,10 @@ outputs in the examples (``t_logits``, ``t_vec``) or from ONE teacher forward pe
   student's and the teacher's sentence vectors;
 * :class:`TinyBERTLoss` -- TinyBERT's attention + hidden losses (``stage="intermediate"``) or
   prediction-layer soft cross-entropy (``stage="prediction"``); :class:`MiniLMLoss` swaps the
-  intermediate losses for MiniLM's attention KL + value relation.
+  intermediate losses for MiniLM's attention KL + value relation;
+* :func:`tinybert_attention_mse`, :func:`last_attention_kl` -- their attention terms on taps
+  dicts, from Q and K or from score maps (shared with
+  :class:`kdfast.integrations.transformers.DistillationTrainer`).
 
 :func:`make_loss` maps the old string names (``ce``, ``hard``, ``mse``, ``kl``, ``soft_ce``,
 ``sra-mse``, ``sra-cosine``) to these objects -- the one place that knows them.
@@ -176,6 +179,42 @@ def check_pair(teacher_config, student_config_, *, style: str = "tinybert",
     return att, layer_map(n, m, "uniform", include_embeddings=True)
 
 
+def last_attention_kl(s, t, layer, mask, *, attention="qk", backend="auto"):
+    """MiniLM's attention KL between the student's last layer and the teacher's ``layer``, from
+    taps dicts (``queries``/``keys`` for ``attention="qk"``, ``scores`` for ``"scores"``)."""
+    if attention == "qk":
+        sq, sk = s["queries"][-1], s["keys"][-1]
+        return attention_kl_qk(sq, sk, t["queries"][layer].to(sq.dtype),
+                               t["keys"][layer].to(sk.dtype), attention_mask=mask,
+                               backend=backend)
+    scores = s["scores"][-1]
+    return attention_kl([scores], [t["scores"][layer].to(scores.dtype)], attention_mask=mask,
+                        backend=backend)
+
+
+def tinybert_attention_mse(s, t, att_map, mask, *, mode="exact", attention="qk",
+                           backend="auto"):
+    """TinyBERT's attention MSE summed over the student's layers (``att_map``: the teacher
+    layer of each), from taps dicts as :func:`last_attention_kl`. Padded keys count 0 on both
+    sides; ``mode="exact"``: the official arithmetic (every query row, mean over B*H*L*L);
+    ``"masked"``: mean over real query x real key pairs."""
+    if attention == "qk":
+        kind = "tinybert" if mode == "exact" else "masked"
+        return sum(attention_mse_qk(sq, sk, t["queries"][i].to(sq.dtype),
+                                    t["keys"][i].to(sk.dtype), attention_mask=mask, mode=kind,
+                                    backend=backend)
+                   for sq, sk, i in zip(s["queries"], s["keys"], att_map))
+    s_scores = s["scores"]
+    t_scores = [t["scores"][i].to(s_scores[0].dtype) for i in att_map]
+    if mode == "exact":
+        return attention_mse(s_scores, t_scores, mode="tinybert", inputs="scores",
+                             backend=backend)
+    keys = (mask == 0)[:, None, None, :]  # padded keys: 0 on both sides, no inf - inf
+    return attention_mse([x.masked_fill(keys, 0.0) for x in s_scores],
+                         [x.masked_fill(keys, 0.0) for x in t_scores], mode="masked",
+                         attention_mask=mask, backend=backend)
+
+
 class TinyBERTLoss:
     """TinyBERT (Jiao et al., METHODS.md s.3) on a :class:`~kdfast.models.TransformerStudent`.
 
@@ -233,41 +272,17 @@ class TinyBERTLoss:
         """The last components as floats (a host sync: for inspection, not per step)."""
         return {k: float(v) for k, v in self.components.items()}
 
-    def _attention_kl(self, s, t, mask):
-        """MiniLM's last-layer attention KL."""
-        i = self.att_map[0]
-        if self.attention == "qk":
-            return attention_kl_qk(s["queries"][-1], s["keys"][-1], t["queries"][i],
-                                   t["keys"][i], attention_mask=mask, backend=self.backend)
-        return attention_kl([s["scores"][-1]], [t["scores"][i]], attention_mask=mask,
-                            backend=self.backend)
-
-    def _attention_mse(self, s, t, mask):
-        """TinyBERT's attention MSE over the mapped layers: padded keys count 0 (``exact``:
-        the official arithmetic, every query row; ``masked``: real query x real key pairs)."""
-        if self.attention == "qk":
-            kind = "tinybert" if self.mode == "exact" else "masked"
-            return sum(attention_mse_qk(sq, sk, t["queries"][i], t["keys"][i],
-                                        attention_mask=mask, mode=kind, backend=self.backend)
-                       for sq, sk, i in zip(s["queries"], s["keys"], self.att_map))
-        t_scores = [t["scores"][i] for i in self.att_map]
-        if self.mode == "exact":
-            return attention_mse(s["scores"], t_scores, mode="tinybert", inputs="scores",
-                                 backend=self.backend)
-        keys = (mask == 0)[:, None, None, :]  # padded keys: 0 on both sides, no inf - inf
-        return attention_mse([x.masked_fill(keys, 0.0) for x in s["scores"]],
-                             [x.masked_fill(keys, 0.0) for x in t_scores], mode="masked",
-                             attention_mask=mask, backend=self.backend)
-
     def intermediate(self, s, t, mask):
         if self.style == "minilm":
-            att = self._attention_kl(s, t, mask)
+            att = last_attention_kl(s, t, self.att_map[0], mask, attention=self.attention,
+                                    backend=self.backend)
             heads = base_bert(self.student).config.num_attention_heads
             val = value_relation_kl(s["values"][-1], t["values"][-1], attention_mask=mask,
                                     num_relation_heads=heads, backend=self.backend)
             self.components = {"attention_kl": att.detach(), "value_relation": val.detach()}
             return att + val
-        att = self._attention_mse(s, t, mask)
+        att = tinybert_attention_mse(s, t, self.att_map, mask, mode=self.mode,
+                                     attention=self.attention, backend=self.backend)
         t_hidden = [t["hidden"][i] for i in self.hid_map]
         proj = self.student.fit_dense
         if self.mode == "exact":

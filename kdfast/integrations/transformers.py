@@ -20,8 +20,10 @@ gradient-accumulation step on every process):
 
 ``soft`` is kdfast's fused ``kl`` (T^2-scaled), ``soft_ce`` or ``mse`` (:mod:`kdfast.losses`);
 without labels in the batch it is the soft term alone (as :func:`kdfast.losses.distillation_loss`).
-The attention scores come from :func:`kdfast.models.capture.capture_attention_scores`, the
-teacher's from :class:`kdfast.models.TeacherTaps`, the layer maps from
+Attention is compared from each layer's Q and K (``attention="qk"``, the default:
+:func:`kdfast.models.capture.capture_qkv`, both models keep SDPA, no L x L map) or from raw
+score maps (``"scores"``: :func:`kdfast.models.capture.capture_attention_scores`, eager);
+the teacher's taps come from :class:`kdfast.models.TeacherTaps`, the layer maps from
 :func:`kdfast.distill.objectives.check_pair` (TinyBERT's uniform map unless ``layer_map``).
 
 Normalisation: every term is a sum over its items divided by the number of items in the
@@ -68,18 +70,19 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from kdfast.distill.objectives import LOGIT_KINDS, MODES, STYLES, check_pair
-from kdfast.integrations.logging import DeviceMeans
-from kdfast.losses import (
-    Projection,
-    attention_kl,
-    attention_mse,
-    distillation_loss,
-    hidden_mse,
-    value_relation_kl,
+from kdfast.distill.objectives import (
+    ATTENTION,
+    LOGIT_KINDS,
+    MODES,
+    STYLES,
+    check_pair,
+    last_attention_kl,
+    tinybert_attention_mse,
 )
-from kdfast.models.capture import capture_attention_scores
+from kdfast.integrations.logging import DeviceMeans
+from kdfast.losses import Projection, distillation_loss, hidden_mse, value_relation_kl
 from kdfast.models.teachers import TeacherClassifier
+from kdfast.models.transformer import ATTENTION as CAPTURE
 from kdfast.models.transformer import FIT_DENSE_FILE, TeacherTaps, base_bert
 
 INTERMEDIATE = STYLES  # the intermediate transfer styles: TinyBERT's or MiniLM's
@@ -97,7 +100,9 @@ class DistillationSpec:
     None | ``tinybert`` | ``minilm``; ``mode``: ``masked`` (real tokens only) | ``exact``
     (the official TinyBERT arithmetic, padding included); ``layer_map``: teacher layer
     (0-based) for each student layer, TinyBERT only (default: uniform); ``projection``:
-    TinyBERT's ``fit_dense`` (None: when the widths differ)."""
+    TinyBERT's ``fit_dense`` (None: when the widths differ); ``attention``: ``qk`` (the
+    attention losses from each layer's Q and K, no L x L map; both models keep SDPA) or
+    ``scores`` (from the raw score maps, eager attention) -- equal to rounding."""
 
     logit_loss: str | None = "kl"
     temperature: float = 1.0
@@ -109,6 +114,7 @@ class DistillationSpec:
     logit_weight: float = 1.0
     intermediate_weight: float = 1.0
     backend: str = "auto"
+    attention: str = "qk"
 
     def validate(self) -> "DistillationSpec":
         if self.logit_loss not in (None,) + LOGIT_KINDS:
@@ -118,6 +124,8 @@ class DistillationSpec:
                              f"{self.intermediate!r}")
         if self.logit_loss is None and self.intermediate is None:
             raise ValueError("nothing to distil: give logit_loss and/or intermediate")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("alpha",):
@@ -187,7 +195,7 @@ class DistillationTrainer(Trainer):
                 and spec.logit_loss is not None:
             raise ValueError("the teacher's classification head is untrained: fine-tune it first "
                              "(kdfast finetune)")
-        self._att_map = self._hid_map = None
+        self._att_map = self._hid_map = self._heads = None
         if spec.intermediate is not None:
             self._prepare_intermediate(teacher, model, spec)
         if args is not None and getattr(args, "ddp_find_unused_parameters", False) is None:
@@ -207,9 +215,9 @@ class DistillationTrainer(Trainer):
         if spec.logit_loss is not None:
             self._needs.add("logits")
         if spec.intermediate == "tinybert":
-            self._needs |= {"scores", "hidden"}
+            self._needs |= {spec.attention, "hidden"}
         elif spec.intermediate == "minilm":
-            self._needs |= {"scores", "values"}
+            self._needs |= {spec.attention, "values"}
         self._components = DeviceMeans()
         self._components_step = 0
         self._window_t, self._window_examples = time.perf_counter(), 0
@@ -227,6 +235,7 @@ class DistillationTrainer(Trainer):
                                  f"{s_cfg.num_hidden_layers} layers, got {spec.layer_map!r}")
             att, hid = m, [0] + [j + 1 for j in m]
         self._att_map, self._hid_map = att, hid
+        self._heads = s_cfg.num_attention_heads
         if spec.intermediate != "tinybert":
             return
         d_s, d_t = s_cfg.hidden_size, t_cfg.hidden_size
@@ -305,7 +314,8 @@ class DistillationTrainer(Trainer):
 
     def _student_outputs(self, model, inputs):
         """The student's forward THROUGH ``model`` (the DDP wrapper, when there is one), with
-        hidden states, raw scores and last-layer values when the spec needs them. The
+        hidden states, attention (Q and K, or raw scores: ``spec.attention``) and last-layer
+        values when the spec needs them. The
         fit_dense projection runs inside that forward (a forward hook on the student) and its
         outputs REPLACE the student's ``hidden_states`` in the forward's output: DDP must see every
         parameter it syncs in the graph of the forward it wraps (with
@@ -327,13 +337,18 @@ class DistillationTrainer(Trainer):
 
             handles.append(unwrapped.register_forward_hook(project))
         try:
-            with capture_attention_scores(unwrapped) as cap:
+            with CAPTURE[self.distillation.attention](unwrapped) as cap:
                 out = model(**kw, output_hidden_states=True)
         finally:
             for h in handles:
                 h.remove()
-        return out, {"scores": list(cap.scores), "values": [values[0]] if values else [],
-                     "hidden": list(out.hidden_states)}  # through fit_dense when there is one
+        taps = {"values": [values[0]] if values else [],
+                "hidden": list(out.hidden_states)}  # through fit_dense when there is one
+        if self.distillation.attention == "qk":
+            taps["queries"], taps["keys"] = list(cap.queries), list(cap.keys)
+        else:
+            taps["scores"] = list(cap.scores)
+        return out, taps
 
     # ------------------------------------------------------------------ the loss
     def _terms(self, s_out, s_taps, t, inputs, labels):
@@ -366,29 +381,21 @@ class DistillationTrainer(Trainer):
                                  mask.device)
             n = dict(zip(COUNTS, local))
             if spec.intermediate == "minilm":
-                att = attention_kl([s_taps["scores"][-1]], [t["scores"][self._att_map[0]]],
-                                   attention_mask=mask, backend=spec.backend)
-                heads = s_taps["scores"][-1].shape[1]
+                att = last_attention_kl(s_taps, t, self._att_map[0], mask,
+                                        attention=spec.attention, backend=spec.backend)
                 val = value_relation_kl(s_taps["values"][-1], t["values"][-1], attention_mask=mask,
-                                        num_relation_heads=heads, backend=spec.backend)
+                                        num_relation_heads=self._heads, backend=spec.backend)
                 terms["attention_kl"] = (att * n["tokens"], "tokens")
                 terms["value_relation"] = (val * n["tokens"], "tokens")
             else:
-                t_scores = [t["scores"][j] for j in self._att_map]
                 t_hidden = [t["hidden"][j] for j in self._hid_map]
-                s_scores = s_taps["scores"]  # s_taps["hidden"]: already through fit_dense
-                if spec.mode == "exact":
-                    att = attention_mse(s_scores, t_scores, mode="tinybert", inputs="scores",
-                                        backend=spec.backend)
+                att = tinybert_attention_mse(s_taps, t, self._att_map, mask, mode=spec.mode,
+                                             attention=spec.attention, backend=spec.backend)
+                if spec.mode == "exact":  # s_taps["hidden"]: already through fit_dense
                     hid = hidden_mse(s_taps["hidden"], t_hidden, tinybert_compat=True)
                     terms["attention"] = (att * n["padded_pairs"], "padded_pairs")
                     terms["hidden"] = (hid * n["padded_tokens"], "padded_tokens")
                 else:
-                    keys = (mask == 0)[:, None, None, :]  # padded keys: 0 on both sides
-                    s_scores = [x.masked_fill(keys, 0.0) for x in s_scores]
-                    t_scores = [x.to(s_scores[0].dtype).masked_fill(keys, 0.0) for x in t_scores]
-                    att = attention_mse(s_scores, t_scores, mode="masked", attention_mask=mask,
-                                        backend=spec.backend)
                     hid = hidden_mse(s_taps["hidden"], t_hidden, attention_mask=mask)
                     terms["attention"] = (att * n["pairs"], "pairs")
                     terms["hidden"] = (hid * n["tokens"], "tokens")
