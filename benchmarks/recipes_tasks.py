@@ -80,7 +80,8 @@ def teacher(task: str, out: Path) -> tuple[Path, dict]:
 
 def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
     lines = ["# The recipes' defaults on real tasks (CPU)", "",
-             f"Machine: {machine}. Written by `benchmarks/recipes_tasks.py` (rerun it to "
+             f"Machine (of the latest row; each command below says when and on which CPU "
+             f"ISA it ran, where recorded): {machine}. Written by `benchmarks/recipes_tasks.py` (rerun it to "
              "reproduce; the exact commands are in `recipes-tasks.json` and below).", "",
              "Teacher: all-MiniLM-L6-v2 fine-tuned on each task by `kdfast finetune --teacher "
              "minilm-l6 --task TASK` (not counted in the wall times). Student rows: test "
@@ -111,7 +112,8 @@ def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
     for r in rows:
         if not r.get("extra"):
             at = r.get("commit", "990c837-99f634a: before rows recorded their commit")
-            lines.append(f"- `{r['command']}` (at {at})")
+            when = f", {r['measured']}" if "measured" in r else ""
+            lines.append(f"- `{r['command']}` (at {at}{when})")
     if superseded:
         lines += ["", "## Superseded rows", "",
                   "Measured with earlier defaults and measured again since (same command):", ""]
@@ -168,7 +170,8 @@ def main() -> int:
                 rows = [r for r in rows if r not in old]
                 rows.append({"task": task, "recipe": recipe, "seed": seed, "extra": args.extra,
                              "test": test_metric(res), "teacher_test": test_metric(t_res),
-                             "wall_s": wall, "command": shlex.join(cmd), "commit": commit()})
+                             "wall_s": wall, "command": shlex.join(cmd), "commit": commit(),
+                             "measured": f"{m['date']}, {m['cpu_isa']}"})
                 print(f"{task} {recipe} seed {seed}: test {100 * rows[-1]['test']:.2f} "
                       f"(teacher {100 * rows[-1]['teacher_test']:.2f}), {wall:.0f} s",
                       flush=True)

@@ -34,6 +34,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": _cpu_name(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512: kernels differ
         "threads": torch.get_num_threads(),
         # torch's CPU allocator uses transparent huge pages when this is 1: fewer page faults
         # on fresh [N, V] buffers, for every implementation alike
