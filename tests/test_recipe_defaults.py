@@ -107,6 +107,29 @@ def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
     assert calls == [res["step2_pool"]["examples"]] and res["step2"]["steps"] == 5
 
 
+def test_step2_pool_is_labelled_once_and_read_back_on_resume(tmp_path, monkeypatch):
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    teacher.has_trained_head = True
+    calls = []
+    labelled = plumbing.teacher_outputs
+    monkeypatch.setattr(plumbing, "teacher_outputs",
+                        lambda t, ex, **k: calls.append(len(ex)) or labelled(t, ex, **k))
+    small = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16)
+    run = dict(tokenizer=tok, student=small, n_a=3, k=2, batch_size=8, progress=False,
+               steps=("prediction",), step2={"max_steps": 4}, report_to="none")
+    out = tmp_path / "run"
+    _, first = task_distill(teacher, _tiny.task(16), out, **run)
+    cache = out / "step2_teacher_logits.pt"
+    assert cache.is_file() and len(calls) == 1
+    _, again = task_distill(teacher, _tiny.task(16), out, resume=True, **run)
+    assert len(calls) == 1 and again["step2_pool"]["examples"] == first["step2_pool"]["examples"]
+    with torch.no_grad():  # another teacher: the cache's key no longer matches
+        next(teacher.parameters()).add_(1.0)
+    task_distill(teacher, _tiny.task(16), out, resume=True, **run)
+    assert len(calls) == 2
+
+
 def test_step2_lr_shrinks_with_the_students_width():
     assert step2_lr(192) == pytest.approx(3e-4)
     assert step2_lr(384) == pytest.approx(1.5e-4)

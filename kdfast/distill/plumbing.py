@@ -3,6 +3,8 @@ the task's training sentences, option checks, the output directory (checked once
 anything is written; :mod:`kdfast.distill.outputs`) and the results (rank 0, atomically)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -10,11 +12,12 @@ import torch
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
-from kdfast.distill.trainer import TrainConfig, is_rank0
+from kdfast.distill.trainer import TrainConfig, init_distributed, is_rank0
 from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
 
-__all__ = ["as_task", "check_choice", "check_positive_int", "check_probability", "device",
-           "encode_split", "load_teacher_and_tokenizer", "output_dir", "sentences_from",
+__all__ = ["as_task", "check_choice", "check_positive_int", "check_probability", "encode_split",
+           "fingerprint", "labelled_logits", "load_teacher_and_tokenizer", "output_dir",
+           "rank0_first", "sentences_from", "teacher_id", "teacher_outputs", "torch_device",
            "train_config", "training_sentences", "write_results"]
 
 
@@ -150,6 +153,59 @@ def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None 
             if v is not None:
                 vecs[i] = v[j]
     return torch.stack(logits), (torch.stack(vecs) if vector else None)
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts: the key of a cache file."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_id(teacher, path=None):
+    """What identifies a teacher's outputs in a cache key: its weight files' names, sizes and
+    times (not the path: a copied directory matches), or a digest of an in-memory teacher's
+    weights."""
+    if path is not None:
+        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] or [str(path)]
+    with torch.no_grad():
+        return [float(sum(p.double().sum() for p in teacher.parameters()))]
+
+
+def rank0_first(device_type: str, build):
+    """``build()``, which reads a cache file or builds and writes it: under torchrun rank 0 runs
+    it first and the other ranks after it (so they read what rank 0 wrote); a plain call
+    otherwise."""
+    dist = init_distributed(device_type)
+    if dist is None:
+        return build()
+    if dist.get_rank() == 0:
+        out = build()
+        dist.barrier()
+        return out
+    dist.barrier()
+    return build()
+
+
+def labelled_logits(teacher, examples, cache=None, *, teacher_path=None, progress=False):
+    """The teacher's logits [N, C] for ``examples``; with ``cache`` (a ``.pt`` path) computed
+    once and kept there (atomically, by rank 0): ``--resume`` and the other ranks read them
+    back when the teacher and the examples' token ids match."""
+    def build():
+        key = fingerprint(teacher_id(teacher, teacher_path), torch_device().type,
+                          [e["t_ids"] for e in examples], [e.get("t_types") for e in examples])
+        if cache is not None and Path(cache).is_file():
+            saved = outputs.load_checked(cache, what="teacher-logits cache")
+            if isinstance(saved, dict) and saved.get("key") == key:
+                return saved["logits"]
+        logits, _ = teacher_outputs(teacher, examples, progress=progress)
+        if cache is not None and is_rank0():
+            outputs.atomic_save({"key": key, "logits": logits}, cache)
+        return logits
+
+    return build() if cache is None else rank0_first(torch_device().type, build)
 
 
 def encode_split(tokenizer, split, max_len: int, *, student: bool = True, teacher: bool = True,

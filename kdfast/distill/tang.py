@@ -15,8 +15,6 @@ word2vec/GloVe file is given (``embeddings=PATH``) or ``embeddings="random"``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from kdfast.data.tokenize import encode
 from kdfast.distill import outputs, plumbing
 from kdfast.distill.objectives import HardLabelLoss, LogitLoss
-from kdfast.distill.trainer import Distiller, TrainConfig, init_distributed
+from kdfast.distill.trainer import Distiller, TrainConfig
 from kdfast.models.teachers import TeacherClassifier
 from kdfast.nn.students import (
     EMBEDDING_MODES,
@@ -55,23 +53,6 @@ def default_n_iter(n: int, pair: bool) -> int:
     return max(1, min(10 if pair else 20, TRANSFER_BUDGET // max(1, n) - 1))
 
 
-def _fingerprint(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def _teacher_id(teacher, path):
-    if path is not None:
-        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-        # the weight files' names, sizes and times (not the path: a copied directory matches)
-        return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] or [str(path)]
-    # an in-memory teacher: a cheap digest of its weights
-    with torch.no_grad():
-        return [float(sum(p.double().sum() for p in teacher.parameters()))]
-
-
 def transfer_set(teacher, tokenizer, split, *, cache=None, device=None, **kw):
     """Tang et al.'s transfer set: the training sentences plus their augmentations, each with
     the teacher's logits (``t_logits``; and sentence vector ``t_vec`` if ``vector``) and a
@@ -81,15 +62,11 @@ def transfer_set(teacher, tokenizer, split, *, cache=None, device=None, **kw):
     Written atomically to ``cache`` (a ``.pt`` file) and reused when the teacher, data and
     settings match; a truncated cache is a ValueError naming the file. Under torchrun, rank 0
     builds and caches it while the other ranks wait, then read it."""
-    dist = init_distributed(plumbing.torch_device(device).type)
-    if dist is None or cache is None:
+    def build():
         return _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
-    if dist.get_rank() == 0:
-        out = _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
-        dist.barrier()
-        return out
-    dist.barrier()
-    return _transfer_set(teacher, tokenizer, split, cache=cache, device=device, **kw)
+
+    return build() if cache is None else \
+        plumbing.rank0_first(plumbing.torch_device(device).type, build)
 
 
 def _transfer_set(teacher, tokenizer, split, *, cache=None, augment: bool = True, n_iter=None,
@@ -100,7 +77,7 @@ def _transfer_set(teacher, tokenizer, split, *, cache=None, augment: bool = True
 
     pair = split.texts_b is not None
     n_iter = default_n_iter(len(split), pair) if n_iter is None else n_iter
-    key = _fingerprint(_teacher_id(teacher, teacher_path), split.texts, split.texts_b, augment,
+    key = plumbing.fingerprint(plumbing.teacher_id(teacher, teacher_path), split.texts, split.texts_b, augment,
                        n_iter, p_mask, p_pos, p_ng, max_ngram, seed, max_len, vector, bf16)
     if cache is not None and Path(cache).is_file():
         saved = outputs.load_checked(cache, what="transfer-set cache", weights_only=False)

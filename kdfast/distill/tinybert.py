@@ -315,8 +315,10 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
             # given epochs count over the whole transfer set; a step budget gets a pool
             pool = data if cfg2.max_steps is None else \
                 prediction_pool(data, cfg2.max_steps, cfg2.batch_size)
-            t0 = time.perf_counter()
-            logits, _ = plumbing.teacher_outputs(t_model, pool, progress=progress)
+            t0 = time.perf_counter()  # labelled once: --resume and other ranks read the cache
+            logits = plumbing.labelled_logits(
+                t_model, pool, out_dir / "step2_teacher_logits.pt" if out_dir else None,
+                teacher_path=t_path, progress=progress)
             pool = [dict(e, t_logits=row) for e, row in zip(pool, logits.tolist())]
             results["step2_pool"] = {"examples": len(pool),
                                      "copies": max(e["copy"] for e in pool),
