@@ -93,10 +93,13 @@ def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
     for r in rows:
         if not r.get("extra"):  # exploration rows (--extra) stay out of the defaults' table
             by.setdefault((r["task"], r["recipe"]), []).append(r)
-    teachers = {r["task"]: r["teacher_test"] for r in rows}
+    teachers = {}  # a task's teacher can be fine-tuned again (another machine): each row
+    for r in rows:  # is compared with the teacher it was distilled from
+        teachers.setdefault(r["task"], set()).add(round(100 * r["teacher_test"], 2))
     for (task, recipe), rs in sorted(by.items()):
         rs.sort(key=lambda r: r["seed"])
         mean = statistics.mean(r["test"] for r in rs)
+        of_teacher = statistics.mean(r["test"] / r["teacher_test"] for r in rs)
         base = RECIPES[recipe][1]
         bmean = statistics.mean(r["test"] for r in by[(task, base)]) if (task, base) in by \
             else None
@@ -105,9 +108,11 @@ def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
         vs = "| |" if bmean is None else \
             f"| {100 * bmean:.2f} ({base}) | {100 * (mean - bmean):+.2f} |"
         lines.append(f"| {task} | {recipe} | {','.join(str(r['seed']) for r in rs)} | {tests} | "
-                     f"{100 * mean:.2f} | {100 * mean / teachers[task]:.1f} {vs} {walls} |")
-    lines += ["", "Teachers (test): " + ", ".join(f"{t} {100 * v:.2f}"
-                                                   for t, v in sorted(teachers.items())), "",
+                     f"{100 * mean:.2f} | {100 * of_teacher:.1f} {vs} {walls} |")
+    lines += ["", "Teachers (test): " + ", ".join(f"{t} {' / '.join(f'{x:.2f}' for x in sorted(v))}"
+                                                   for t, v in sorted(teachers.items()))
+              + " (two values: the teacher was fine-tuned again; % of teacher is per row, "
+              "against the row's own teacher, then averaged).", "",
               "## Commands", ""]
     for r in rows:
         if not r.get("extra"):
