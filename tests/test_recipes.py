@@ -1,7 +1,6 @@
 """The recipes (teacher fine-tuning, Tang, SRA) end to end on a tiny random BERT and
 synthetic data, the teacher/student wiring, and the command line."""
 import importlib
-import json
 
 import pytest
 import torch

@@ -1,6 +1,4 @@
 """kdfast.losses softmax family: every backend against the float64 reference."""
-import math
-import os
 
 import pytest
 import torch
@@ -9,7 +7,6 @@ import torch.nn.functional as F
 from kdfast import _ext, losses
 from kdfast.ops import _backend
 from kdfast.ops import softmax_kd as ops
-from kdfast.reference.softmax_kd import kd_loss_rows
 
 CPU_BACKENDS = [b for b in ("cpu", "triton") if _ext.has(b)]
 ALL_BACKENDS = ["reference"] + CPU_BACKENDS

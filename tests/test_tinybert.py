@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdfast.data.tinybert_augment import augment, candidates
-from kdfast.distill import general_distill, task_distill, tinybert
+from kdfast.distill import general_distill, task_distill
 from kdfast.distill.objectives import TinyBERTLoss, check_pair
 from kdfast.models import TeacherTaps, TransformerStudent, load_transformer_student, student_config
 

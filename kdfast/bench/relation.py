@@ -191,7 +191,7 @@ def write(rows, meta, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "relation-cpu.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    lines = [f"# Attention losses from Q/K vs materialised maps (CPU, fwd+bwd)", "",
+    lines = ["# Attention losses from Q/K vs materialised maps (CPU, fwd+bwd)", "",
              "machine: " + ", ".join(f"{k}={v}" for k, v in meta.items()), "",
              f"B*H = {BH[0] * BH[1]} (B={BH[0]}, H={BH[1]}), d = {D}, float32, last batch element "
              "half padded. Median / p90 over interleaved calls in one process; peak = growth of "

@@ -25,7 +25,6 @@ from kdfast.data.tokenize import encode
 from kdfast.distill import outputs, plumbing
 from kdfast.distill.objectives import HardLabelLoss, LogitLoss
 from kdfast.distill.trainer import Distiller, TrainConfig
-from kdfast.models.teachers import TeacherClassifier
 from kdfast.nn.students import (
     EMBEDDING_MODES,
     POOLINGS,
