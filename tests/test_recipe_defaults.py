@@ -130,6 +130,43 @@ def test_step2_pool_is_labelled_once_and_read_back_on_resume(tmp_path, monkeypat
     assert len(calls) == 2
 
 
+def _label_worker(rank, world, port, tmp):
+    import os
+    from pathlib import Path
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from kdfast.data.tokenize import encode
+
+    tmp = Path(tmp)
+    (tmp / f"tok{rank}").mkdir()
+    tok = _tiny.tokenizer(tmp / f"tok{rank}")
+    teacher = _tiny.teacher(tok)
+    examples = encode(tok, _tiny.sentences(12)[0], None, None, max_len=16, student=False)
+    calls = []
+    labelled = plumbing.teacher_outputs
+    plumbing.teacher_outputs = lambda t, ex, **k: calls.append(len(ex)) or labelled(t, ex, **k)
+    logits = plumbing.labelled_logits(teacher, examples, tmp / "logits.pt")
+    torch.save({"calls": calls, "logits": logits}, tmp / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch
+def test_two_ranks_label_the_pool_once(tmp_path):
+    """Under torchrun rank 0 labels the step-2 pool and writes the cache; rank 1 reads it."""
+    import torch.multiprocessing as mp
+    from test_trainer import _free_port
+
+    mp.spawn(_label_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["calls"] == [12] and r1["calls"] == []
+    assert torch.equal(r0["logits"], r1["logits"])
+
+
 def test_step2_lr_shrinks_with_the_students_width():
     assert step2_lr(192) == pytest.approx(3e-4)
     assert step2_lr(384) == pytest.approx(1.5e-4)
