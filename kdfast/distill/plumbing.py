@@ -189,23 +189,26 @@ def rank0_first(device_type: str, build):
     return build()
 
 
-def labelled_logits(teacher, examples, cache=None, *, teacher_path=None, progress=False):
-    """The teacher's logits [N, C] for ``examples``; with ``cache`` (a ``.pt`` path) computed
-    once and kept there (atomically, by rank 0): ``--resume`` and the other ranks read them
-    back when the teacher and the examples' token ids match."""
+def labelled_logits(teacher, examples, cache=None, *, teacher_path=None, device=None,
+                    progress=False):
+    """The teacher's logits [N, C] for ``examples`` (computed on ``device``); with ``cache`` (a
+    ``.pt`` path) computed once and kept there (atomically, by rank 0): ``--resume`` and the
+    other ranks read them back when the teacher and the examples' token ids match."""
+    kind = torch_device(device).type  # bf16 on a GPU: part of the key
+
     def build():
-        key = fingerprint(teacher_id(teacher, teacher_path), torch_device().type,
+        key = fingerprint(teacher_id(teacher, teacher_path), kind,
                           [e["t_ids"] for e in examples], [e.get("t_types") for e in examples])
         if cache is not None and Path(cache).is_file():
             saved = outputs.load_checked(cache, what="teacher-logits cache")
             if isinstance(saved, dict) and saved.get("key") == key:
                 return saved["logits"]
-        logits, _ = teacher_outputs(teacher, examples, progress=progress)
+        logits, _ = teacher_outputs(teacher, examples, device=device, progress=progress)
         if cache is not None and is_rank0():
             outputs.atomic_save({"key": key, "logits": logits}, cache)
         return logits
 
-    return build() if cache is None else rank0_first(torch_device().type, build)
+    return build() if cache is None else rank0_first(kind, build)
 
 
 def encode_split(tokenizer, split, max_len: int, *, student: bool = True, teacher: bool = True,

@@ -318,7 +318,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
             t0 = time.perf_counter()  # labelled once: --resume and other ranks read the cache
             logits = plumbing.labelled_logits(
                 t_model, pool, out_dir / "step2_teacher_logits.pt" if out_dir else None,
-                teacher_path=t_path, progress=progress)
+                teacher_path=t_path, device=cfg2.device, progress=progress)
             pool = [dict(e, t_logits=row) for e, row in zip(pool, logits.tolist())]
             results["step2_pool"] = {"examples": len(pool),
                                      "copies": max(e["copy"] for e in pool),
