@@ -78,7 +78,7 @@ def teacher(task: str, out: Path) -> tuple[Path, dict]:
     return d / "teacher", json.loads((d / "results.json").read_text())
 
 
-def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
+def table(rows: list[dict], machine: str, superseded: list[dict] = (), notes=()) -> str:
     lines = ["# The recipes' defaults on real tasks (CPU)", "",
              f"Machine (of the latest row; each command below says when and on which CPU "
              f"ISA it ran, where recorded): {machine}. Written by `benchmarks/recipes_tasks.py` (rerun it to "
@@ -113,6 +113,7 @@ def table(rows: list[dict], machine: str, superseded: list[dict] = ()) -> str:
                                                    for t, v in sorted(teachers.items()))
               + " (two values: the teacher was fine-tuned again; % of teacher is per row, "
               "against the row's own teacher, then averaged).", "",
+              *(["## Notes", "", *(f"- {n}" for n in notes), ""] if notes else []),
               "## Commands", ""]
     for r in rows:
         if not r.get("extra"):
@@ -152,6 +153,7 @@ def main() -> int:
     store = Path(args.results) / f"{args.name}.json"
     saved = json.loads(store.read_text()) if store.is_file() else {}
     rows, superseded = saved.get("rows", []), saved.get("superseded", [])
+    notes = saved.get("notes", [])  # written by hand into the JSON: what the rows cannot say
     m = machine()
     desc = ", ".join(f"{k}={v}" for k, v in m.items())
     for seed in args.seeds:
@@ -180,9 +182,9 @@ def main() -> int:
                 print(f"{task} {recipe} seed {seed}: test {100 * rows[-1]['test']:.2f} "
                       f"(teacher {100 * rows[-1]['teacher_test']:.2f}), {wall:.0f} s",
                       flush=True)
-                store.write_text(json.dumps({"machine": m, "rows": rows,
-                                             "superseded": superseded}, indent=1))
-                store.with_suffix(".md").write_text(table(rows, desc, superseded))
+                store.write_text(json.dumps({"machine": m, "rows": rows, "superseded": superseded,
+                                             "notes": notes}, indent=1))
+                store.with_suffix(".md").write_text(table(rows, desc, superseded, notes))
     return 0
 
 
