@@ -91,7 +91,9 @@ def test_prediction_pool_keeps_every_original_and_the_first_copies():
     assert len(prediction_pool(examples, steps=10**6, batch_size=32)) == 50  # nor above all
 
 
-def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
+def _counted_teacher(tmp_path, monkeypatch):
+    """A tokenizer, a tiny teacher with a trained head, and the sizes of the example lists
+    plumbing.teacher_outputs labels from then on."""
     tok = _tiny.tokenizer(tmp_path)
     teacher = _tiny.teacher(tok)
     teacher.has_trained_head = True
@@ -99,6 +101,11 @@ def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
     labelled = plumbing.teacher_outputs
     monkeypatch.setattr(plumbing, "teacher_outputs",
                         lambda t, ex, **k: calls.append(len(ex)) or labelled(t, ex, **k))
+    return tok, teacher, calls
+
+
+def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
+    tok, teacher, calls = _counted_teacher(tmp_path, monkeypatch)
     monkeypatch.setattr(TeacherTaps, "taps", lambda *a, **k: pytest.fail("teacher forward"))
     small = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16)
     _, res = task_distill(teacher, _tiny.task(16), None, tokenizer=tok, student=small, n_a=3,
@@ -108,13 +115,7 @@ def test_step2_trains_on_cached_teacher_logits(tmp_path, monkeypatch):
 
 
 def test_step2_pool_is_labelled_once_and_read_back_on_resume(tmp_path, monkeypatch):
-    tok = _tiny.tokenizer(tmp_path)
-    teacher = _tiny.teacher(tok)
-    teacher.has_trained_head = True
-    calls = []
-    labelled = plumbing.teacher_outputs
-    monkeypatch.setattr(plumbing, "teacher_outputs",
-                        lambda t, ex, **k: calls.append(len(ex)) or labelled(t, ex, **k))
+    tok, teacher, calls = _counted_teacher(tmp_path, monkeypatch)
     small = dict(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=16)
     run = dict(tokenizer=tok, student=small, n_a=3, k=2, batch_size=8, progress=False,
                steps=("prediction",), step2={"max_steps": 4}, report_to="none")
