@@ -85,17 +85,32 @@ KDFAST_BILSTM_STEPS(f32, float)
 KDFAST_BILSTM_STEPS(f64, double)
 #undef KDFAST_BILSTM_STEPS
 
+// The step GEMM's register block must fit the vector registers, which one cloned body cannot
+// do: on AVX2, GCC splits each 64-byte vector of an 8 x 2 block into two and spills the 32
+// halves to the stack (kdfast's LSTM ran 6-11x slower than torch's on an AVX2-only EPYC). One
+// version per ISA: 8 rows x 2 zmm on AVX-512 (32 registers), 6 x 2 ymm on AVX2 and 6 x 2 xmm
+// elsewhere (16 registers: 12 accumulators, 2 strip vectors, the broadcast).
 typedef float v16sf __attribute__((vector_size(64)));
+typedef float v8sf __attribute__((vector_size(32)));
+typedef float v4sf __attribute__((vector_size(16)));
 typedef double v8df __attribute__((vector_size(64)));
+typedef double v4df __attribute__((vector_size(32)));
+typedef double v2df __attribute__((vector_size(16)));
 
-KDFAST_CPU_CLONES void gemm_f32(int64_t n, int64_t K, int64_t panels, const float* a, int64_t lda,
-                                const float* bp, float* c, int64_t ldc) {
-  gemm_packed<float, v16sf>(n, K, panels, a, lda, bp, c, ldc);
-}
-KDFAST_CPU_CLONES void gemm_f64(int64_t n, int64_t K, int64_t panels, const double* a, int64_t lda,
-                                const double* bp, double* c, int64_t ldc) {
-  gemm_packed<double, v8df>(n, K, panels, a, lda, bp, c, ldc);
-}
+#define KDFAST_GEMM_VERSION(ISA, T, V, MR)                                                    \
+  ISA void step_gemm(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,         \
+                     const T* bp, T* c, int64_t ldc) {                                      \
+    gemm_packed<T, V, MR>(n, K, panels, a, lda, bp, c, ldc);                                \
+  }
+#if KDFAST_ISA_VERSIONS
+KDFAST_GEMM_VERSION(KDFAST_ISA_AVX512, float, v16sf, 8)
+KDFAST_GEMM_VERSION(KDFAST_ISA_AVX512, double, v8df, 8)
+KDFAST_GEMM_VERSION(KDFAST_ISA_AVX2, float, v8sf, 6)
+KDFAST_GEMM_VERSION(KDFAST_ISA_AVX2, double, v4df, 6)
+#endif
+KDFAST_GEMM_VERSION(KDFAST_ISA_BASE, float, v4sf, 6)
+KDFAST_GEMM_VERSION(KDFAST_ISA_BASE, double, v2df, 6)
+#undef KDFAST_GEMM_VERSION
 
 // Type-overloaded front doors to the per-ISA clones.
 #define KDFAST_BILSTM_FRONT(SUFFIX, T)                                                         \
@@ -111,10 +126,6 @@ KDFAST_CPU_CLONES void gemm_f64(int64_t n, int64_t K, int64_t panels, const doub
                               int64_t steps, int64_t H) {                                      \
     bwd_rows_##SUFFIX(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, ldd, dc, da, dgates, \
                       db, hprev, steps, H);                                                    \
-  }                                                                                            \
-  KDFAST_INLINE void gemm(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,       \
-                          const T* bp, T* c, int64_t ldc) {                                    \
-    gemm_##SUFFIX(n, K, panels, a, lda, bp, c, ldc);                                           \
   }
 KDFAST_BILSTM_FRONT(f32, float)
 KDFAST_BILSTM_FRONT(f64, double)
@@ -220,7 +231,7 @@ void forward_impl(const Plan& p, int64_t H, T* gx, const T* bias, const T* w_hh,
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t na = Plan::active(rows, p.lens, s);
         if (na == 0) break;
-        gemm(na, H, panels, h.data(), H, R, rec.data(), ldr);  // h W_hh^T
+        step_gemm(na, H, panels, h.data(), H, R, rec.data(), ldr);  // h W_hh^T
         fwd_rows(rows.data(), p.lens.data(), na, s, d, gx, b, rec.data(), ldr, c.data(),
                  h.data(), out, cells, steps, H);
       }
@@ -300,7 +311,7 @@ void backward_impl(const Plan& p, int64_t H, const T* gates, const T* cells, con
                  c0 + d * B * H, out, dout, dh.data(), ldd, dc.data(), da.data(),
                  dgates + d * B * steps * 4 * H, db_items + item * 4 * H,
                  hprev + d * B * steps * H, steps, H);
-        gemm(na, 4 * H, panels, da.data(), 4 * H, R, dh.data(), ldd);  // dh_prev = da W_hh
+        step_gemm(na, 4 * H, panels, da.data(), 4 * H, R, dh.data(), ldd);  // dh_prev = da W_hh
       }
       for (int64_t k = 0; k < n; ++k) {
         std::copy_n(dh.data() + k * ldd, H, dh0 + (d * B + rows[k]) * H);

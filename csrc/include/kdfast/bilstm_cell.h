@@ -87,13 +87,12 @@ KDFAST_INLINE void lstm_bwd_row(const T* __restrict gates, const T* __restrict c
 }
 
 // The per-step recurrent GEMM, C[n, N] = A[n, K] @ B[K, N], with B packed once per call into
-// column panels of NB = 2 vectors (64 bytes each): panel p holds B[k][p*NB + j] at
-// Bp[(p*K + k)*NB + j], zero past N. C has room for whole panels (ldc >= panels * NB).
-// Register block: 8 rows x 2 vectors of accumulators, the panel (K x 32 floats: 19 KiB at
-// K = 150) streamed from L1. On the dev machine's Zen 4 core: 103-114 GFLOP/s for the step
-// shapes of H = 150 and 300 in a standalone test; inside the op, ~10 % fewer cycles than the
-// former 4 x 4 block of 4-vector panels, which also spent 28 % of the backward step's work
-// on the zero padding of N = H = 150.
+// column panels of NB = 128 bytes: panel p holds B[k][p*NB + j] at Bp[(p*K + k)*NB + j], zero
+// past N. C has room for whole panels (ldc >= panels * NB).
+// Register block: MR rows x 2 vectors V of accumulators over a strip of 2 vectors of a panel,
+// the panel (K x 128 bytes: 19 KiB at K = 150) streamed from L1. The block must fit the vector
+// registers, so the caller picks V and MR per ISA (bilstm.cpp): with 64-byte vectors (one strip
+// per panel) on Zen 4, 103-114 GFLOP/s for the step shapes of H = 150 and 300 standalone.
 template <class T>
 constexpr int64_t panel_width() { return 2 * 64 / static_cast<int64_t>(sizeof(T)); }
 
@@ -110,17 +109,18 @@ inline void pack_panels(const T* src, int64_t K, int64_t N, bool src_is_nk, T* d
       }
 }
 
+// C[MR, 2L] = A[MR, K] @ strip, where the strip's row k is at bp + k * NB.
 template <int MR, class T, class V>
 KDFAST_INLINE void gemm_micro(const T* __restrict a, int64_t lda, const T* __restrict bp, int64_t K,
                               T* __restrict c, int64_t ldc) {
-  constexpr int64_t L = sizeof(V) / sizeof(T);
+  constexpr int64_t L = sizeof(V) / sizeof(T), NB = panel_width<T>();
   V acc[MR][2];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V b0, b1;
-    std::memcpy(&b0, bp + k * 2 * L, sizeof(V));
-    std::memcpy(&b1, bp + k * 2 * L + L, sizeof(V));
+    std::memcpy(&b0, bp + k * NB, sizeof(V));
+    std::memcpy(&b1, bp + k * NB + L, sizeof(V));
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const T x = a[r * lda + k];
@@ -135,28 +135,31 @@ KDFAST_INLINE void gemm_micro(const T* __restrict a, int64_t lda, const T* __res
   }
 }
 
-template <class T, class V>
+// The last m < M rows of a strip.
+template <int M, class T, class V>
+KDFAST_INLINE void gemm_rest(int64_t m, const T* a, int64_t lda, const T* bp, int64_t K, T* c,
+                             int64_t ldc) {
+  if constexpr (M > 0) {
+    if (m == M)
+      gemm_micro<M, T, V>(a, lda, bp, K, c, ldc);
+    else
+      gemm_rest<M - 1, T, V>(m, a, lda, bp, K, c, ldc);
+  }
+}
+
+template <class T, class V, int MR>
 KDFAST_INLINE void gemm_packed(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,
                                const T* bp, T* c, int64_t ldc) {
-  constexpr int64_t NB = 2 * sizeof(V) / sizeof(T);
-  for (int64_t p = 0; p < panels; ++p) {
-    const T* panel = bp + p * K * NB;
-    T* cp = c + p * NB;
-    int64_t r = 0;
-    for (; r + 8 <= n; r += 8) gemm_micro<8, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc);
-    const T* ar = a + r * lda;
-    T* cr = cp + r * ldc;
-    switch (n - r) {
-      case 7: gemm_micro<7, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 6: gemm_micro<6, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 5: gemm_micro<5, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 4: gemm_micro<4, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 3: gemm_micro<3, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 2: gemm_micro<2, T, V>(ar, lda, panel, K, cr, ldc); break;
-      case 1: gemm_micro<1, T, V>(ar, lda, panel, K, cr, ldc); break;
-      default: break;
+  constexpr int64_t NB = panel_width<T>(), strip = 2 * sizeof(V) / sizeof(T);
+  static_assert(NB % strip == 0, "a panel is a whole number of strips");
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t j = 0; j < NB; j += strip) {
+      const T* panel = bp + p * K * NB + j;
+      T* cp = c + p * NB + j;
+      int64_t r = 0;
+      for (; r + MR <= n; r += MR) gemm_micro<MR, T, V>(a + r * lda, lda, panel, K, cp + r * ldc, ldc);
+      gemm_rest<MR - 1, T, V>(n - r, a + r * lda, lda, panel, K, cp + r * ldc, ldc);
     }
-  }
 }
 
 }  // namespace kdfast::cpu

@@ -13,8 +13,17 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define KDFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Where one body does not suit every ISA (a register block sized to the vector registers), a
+// function is written once per ISA with these (GCC's function multiversioning: same name and
+// signature, picked at load time like the clones).
+#define KDFAST_ISA_VERSIONS 1
+#define KDFAST_ISA_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define KDFAST_ISA_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define KDFAST_ISA_BASE __attribute__((target("default")))
 #else
 #define KDFAST_CPU_CLONES
+#define KDFAST_ISA_VERSIONS 0
+#define KDFAST_ISA_BASE
 #endif
 
 namespace kdfast::cpu {
