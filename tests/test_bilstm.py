@@ -101,13 +101,14 @@ def test_cpu_gradients_when_only_one_output_is_used(used):
 
 @needs_cpu
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
-def test_step_gemm_every_register_block(tmp_path):
-    # The library runs only the register block of the CPU it is on (AVX-512, AVX2 or the
-    # baseline one); this builds the kernel header alone and checks all of them here.
+def test_every_register_block(tmp_path):
+    # The library runs only the register blocks of the CPU it is on (AVX-512, AVX2 or the
+    # baseline ones); this builds the kernel headers alone and checks all of them here: the
+    # BiLSTM's step GEMM and the relation losses' score tile.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    exe = tmp_path / "step_gemm_blocks"
+    exe = tmp_path / "register_blocks"
     subprocess.run(["g++", "-std=c++17", "-O2", "-Wno-psabi", "-I", os.path.join(root, "csrc", "include"),
-                    os.path.join(root, "tests", "cpp", "step_gemm_blocks.cpp"), "-o", str(exe)],
+                    os.path.join(root, "tests", "cpp", "register_blocks.cpp"), "-o", str(exe)],
                    check=True)
     proc = subprocess.run([str(exe)], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout

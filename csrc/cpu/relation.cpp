@@ -27,12 +27,12 @@
 #include <vector>
 
 #include "kdfast/cpu_math.h"
+#include "kdfast/score_tile.h"
 
 namespace kdfast::cpu {
 namespace {
 
 constexpr int64_t BQ = 32;  // query rows per loop-1 task / per loop-2 query tile
-constexpr int BK = 64;      // keys per tile / per loop-2 task
 enum RelKind { REL_TINYBERT_MSE = 0, REL_MSE = 1, REL_KL = 2 };
 
 template <class C>
@@ -51,57 +51,6 @@ struct RelArgs {
   int kind;
   Acc* lse;  // [B*R*L, 2] (KL only)
 };
-
-// S[i, j] = c * sum_e Q[i, e] KT[e, j] for i < nq, j < BK (KT: [d, ldk] rows, tile at column 0).
-// Register-blocked: 4 rows x 4 vectors of 64 bytes in named accumulators (GCC vector
-// extensions; split into narrower registers on the non-AVX-512 clones).
-template <class Acc>
-KDFAST_INLINE void score_tile(const Acc* __restrict Q, int64_t nq, int64_t d,
-                              const Acc* __restrict KT, int64_t ldk, Acc c, Acc* __restrict S) {
-  typedef Acc V __attribute__((vector_size(64)));
-  constexpr int W = 64 / sizeof(Acc);
-  auto ld = [](const Acc* p) {
-    V v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-  };
-  auto st = [](Acc* p, V v) { __builtin_memcpy(p, &v, sizeof v); };
-  for (int jg = 0; jg < BK; jg += 4 * W) {
-    int64_t i = 0;
-    for (; i + 4 <= nq; i += 4) {
-      V a00{}, a01{}, a02{}, a03{}, a10{}, a11{}, a12{}, a13{};
-      V a20{}, a21{}, a22{}, a23{}, a30{}, a31{}, a32{}, a33{};
-      const Acc* q0 = Q + i * d;
-      for (int64_t e = 0; e < d; ++e) {
-        const Acc* kr = KT + e * ldk + jg;
-        const V k0 = ld(kr), k1 = ld(kr + W), k2 = ld(kr + 2 * W), k3 = ld(kr + 3 * W);
-        const Acc x0 = q0[e], x1 = q0[d + e], x2 = q0[2 * d + e], x3 = q0[3 * d + e];
-        a00 += x0 * k0; a01 += x0 * k1; a02 += x0 * k2; a03 += x0 * k3;
-        a10 += x1 * k0; a11 += x1 * k1; a12 += x1 * k2; a13 += x1 * k3;
-        a20 += x2 * k0; a21 += x2 * k1; a22 += x2 * k2; a23 += x2 * k3;
-        a30 += x3 * k0; a31 += x3 * k1; a32 += x3 * k2; a33 += x3 * k3;
-      }
-      Acc* o = S + i * BK + jg;
-      st(o, a00 * c); st(o + W, a01 * c); st(o + 2 * W, a02 * c); st(o + 3 * W, a03 * c);
-      o += BK;
-      st(o, a10 * c); st(o + W, a11 * c); st(o + 2 * W, a12 * c); st(o + 3 * W, a13 * c);
-      o += BK;
-      st(o, a20 * c); st(o + W, a21 * c); st(o + 2 * W, a22 * c); st(o + 3 * W, a23 * c);
-      o += BK;
-      st(o, a30 * c); st(o + W, a31 * c); st(o + 2 * W, a32 * c); st(o + 3 * W, a33 * c);
-    }
-    for (; i < nq; ++i) {
-      V a0{}, a1{}, a2{}, a3{};
-      for (int64_t e = 0; e < d; ++e) {
-        const Acc* kr = KT + e * ldk + jg;
-        const Acc x = Q[i * d + e];
-        a0 += x * ld(kr); a1 += x * ld(kr + W); a2 += x * ld(kr + 2 * W); a3 += x * ld(kr + 3 * W);
-      }
-      Acc* o = S + i * BK + jg;
-      st(o, a0 * c); st(o + W, a1 * c); st(o + 2 * W, a2 * c); st(o + 3 * W, a3 * c);
-    }
-  }
-}
 
 // Loads rows [r0, r0 + n) of a [L, d] plane into dst [n, d] (accumulation dtype).
 template <class C>
@@ -180,7 +129,7 @@ struct Scratch1 {
 };
 
 // Loop 1: one (plane, query block) task.
-template <class C>
+template <class C, class Tile>
 KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratch1<typename C::Acc>& w) {
   using Acc = typename C::Acc;
   const int64_t L = a.L, ds = a.ds, dt = a.dt;
@@ -216,8 +165,8 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     if (kl) {
       for (int64_t i = 0; i < nq; ++i) ms[i] = mt[i] = ninf, zs[i] = zt[i] = 0;
       for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
-        score_tile(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
-        score_tile(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
+        score_tile<Tile>(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
+        score_tile<Tile>(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
         const Acc* wk = w.wk + k0;
         for (int64_t i = 0; i < nq; ++i) {
           if (cq[i] == Acc(0)) continue;
@@ -262,8 +211,8 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     }
     Acc g[BK];
     for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
-      score_tile(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
-      score_tile(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
+      score_tile<Tile>(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
+      score_tile<Tile>(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
       const Acc* wk = w.wk + k0;
       for (int64_t i = 0; i < nq; ++i) {
         if (cq[i] == Acc(0)) continue;
@@ -317,7 +266,7 @@ struct Scratch2 {
 };
 
 // Loop 2: dB for one (plane, key block) task.
-template <class C>
+template <class C, class Tile>
 KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename C::Acc>& w) {
   using Acc = typename C::Acc;
   const int64_t L = a.L, ds = a.ds, dt = a.dt;
@@ -350,8 +299,8 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       if (!any) continue;
       load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
       load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
-      score_tile(w.qs, nq, ds, w.kst, BK, cs, w.ss);
-      score_tile(w.qt, nq, dt, w.ktt, BK, ct, w.st);
+      score_tile<Tile>(w.qs, nq, ds, w.kst, BK, cs, w.ss);
+      score_tile<Tile>(w.qt, nq, dt, w.ktt, BK, ct, w.st);
       for (int64_t i = 0; i < nq; ++i) {
         if (cq[i] == Acc(0)) continue;
         Acc* s = w.ss + i * BK;
@@ -383,25 +332,35 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
   }
 }
 
-#define KDFAST_REL_TASKS(FWD, BWD, CODEC)                                                      \
-  KDFAST_CPU_CLONES void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end,              \
-                             CODEC::Acc* task_loss) {                                          \
+// One version of each task loop per ISA (function multiversioning, cpu_math.h), with its tile.
+#define KDFAST_REL_VERSION(ISA, TILE, FWD, BWD, CODEC)                                          \
+  ISA void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) {   \
     const int64_t Lp = (a.L + BK - 1) / BK * BK;                                               \
     Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt);                                               \
-    for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC>(a, t, w);             \
+    for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);       \
   }                                                                                            \
-  KDFAST_CPU_CLONES void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {            \
+  ISA void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {                          \
     Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                        \
-    for (int64_t t = begin; t < end; ++t) bwd_task<CODEC>(a, t, w);                            \
+    for (int64_t t = begin; t < end; ++t) bwd_task<CODEC, TILE>(a, t, w);                      \
   }
+#if KDFAST_ISA_VERSIONS
+#define KDFAST_REL_TASKS(FWD, BWD, CODEC)                                                      \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, BWD, CODEC)                           \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, BWD, CODEC)                               \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#else
+#define KDFAST_REL_TASKS(FWD, BWD, CODEC) KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#endif
 KDFAST_REL_TASKS(rel_fwd_f32, rel_bwd_f32, F32)
 KDFAST_REL_TASKS(rel_fwd_f64, rel_bwd_f64, F64)
 KDFAST_REL_TASKS(rel_fwd_bf16, rel_bwd_bf16, BF16)
 KDFAST_REL_TASKS(rel_fwd_f16, rel_bwd_f16, F16)
 #undef KDFAST_REL_TASKS
+#undef KDFAST_REL_VERSION
 
-template <class C, class Fwd, class Bwd>
-at::Tensor launch(Fwd fwd, Bwd bwd, const std::vector<at::Tensor>& s,
+template <class C>
+at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
+                  void (*bwd)(const RelArgs<C>&, int64_t, int64_t), const std::vector<at::Tensor>& s,
                   const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
                   const at::Tensor& mask, const at::Tensor& scale, int64_t kind) {
   using T = typename C::T;
