@@ -3,6 +3,7 @@ sentences, the step-2 hard-label mix, Tang's transfer-set size, and the task for
 ``movie-fine`` / ``NAME@N``. Tiny models and synthetic data; the real-task numbers are in
 benchmarks/results/recipes-tasks.md (benchmarks/recipes_tasks.py)."""
 import csv
+import time
 
 import _tiny
 import pytest
@@ -166,6 +167,47 @@ def test_two_ranks_label_the_pool_once(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["calls"] == [12] and r1["calls"] == []
     assert torch.equal(r0["logits"], r1["logits"])
+
+
+def _failing_rank0_worker(rank, world, port, tmp):
+    import os
+    from pathlib import Path
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    def build():
+        if rank == 0:
+            raise OSError("disk full")
+        return "built"
+
+    try:
+        plumbing.rank0_first("cpu", build)
+        outcome = "returned"
+    except Exception as exc:  # noqa: BLE001 - what each rank saw is the test's result
+        outcome = f"{type(exc).__name__}: {exc}"
+    Path(tmp, f"rank{rank}.txt").write_text(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch
+def test_other_ranks_raise_when_rank0_fails(tmp_path):
+    """Rank 0's error reaches the other ranks (before: they waited at the barrier forever)."""
+    import torch.multiprocessing as mp
+    from test_trainer import _free_port
+
+    ctx = mp.spawn(_failing_rank0_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("rank 1 still waits for rank 0 after 120 s")
+    assert (tmp_path / "rank0.txt").read_text() == "OSError: disk full"
+    assert (tmp_path / "rank1.txt").read_text() == (
+        "RuntimeError: rank 0 failed to prepare what every rank reads: OSError: disk full")
 
 
 def test_step2_lr_shrinks_with_the_students_width():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -177,15 +178,26 @@ def teacher_id(teacher, path=None):
 def rank0_first(device_type: str, build):
     """``build()``, which reads a cache file or builds and writes it: under torchrun rank 0 runs
     it first and the other ranks after it (so they read what rank 0 wrote); a plain call
-    otherwise."""
+    otherwise. When rank 0's build raises, the other ranks raise too instead of waiting for it
+    forever."""
     dist = init_distributed(device_type)
     if dist is None:
         return build()
+    # NCCL sends from this rank's own GPU (LOCAL_RANK, as the Trainer uses), gloo from the CPU.
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+              if dist.get_backend() == "nccl" else None)
+    status = ["ok"]
     if dist.get_rank() == 0:
-        out = build()
-        dist.barrier()
-        return out
-    dist.barrier()
+        try:
+            return build()
+        except BaseException as exc:
+            status[0] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            dist.broadcast_object_list(status, src=0, device=device)
+    dist.broadcast_object_list(status, src=0, device=device)
+    if status[0] != "ok":
+        raise RuntimeError(f"rank 0 failed to prepare what every rank reads: {status[0]}")
     return build()
 
 
