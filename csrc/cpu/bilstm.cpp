@@ -90,13 +90,6 @@ KDFAST_BILSTM_STEPS(f64, double)
 // halves to the stack (kdfast's LSTM ran 6-11x slower than torch's on an AVX2-only EPYC). One
 // version per ISA: 8 rows x 2 zmm on AVX-512 (32 registers), 6 x 2 ymm on AVX2 and 6 x 2 xmm
 // elsewhere (16 registers: 12 accumulators, 2 strip vectors, the broadcast).
-typedef float v16sf __attribute__((vector_size(64)));
-typedef float v8sf __attribute__((vector_size(32)));
-typedef float v4sf __attribute__((vector_size(16)));
-typedef double v8df __attribute__((vector_size(64)));
-typedef double v4df __attribute__((vector_size(32)));
-typedef double v2df __attribute__((vector_size(16)));
-
 #define KDFAST_GEMM_VERSION(ISA, T, V, MR)                                                    \
   ISA void step_gemm(int64_t n, int64_t K, int64_t panels, const T* a, int64_t lda,         \
                      const T* bp, T* c, int64_t ldc) {                                      \

@@ -11,12 +11,6 @@
 
 using namespace kdfast::cpu;
 
-typedef float v16sf __attribute__((vector_size(64)));
-typedef float v8sf __attribute__((vector_size(32)));
-typedef float v4sf __attribute__((vector_size(16)));
-typedef double v8df __attribute__((vector_size(64)));
-typedef double v4df __attribute__((vector_size(32)));
-typedef double v2df __attribute__((vector_size(16)));
 
 template <class T, class V, int MR>
 int check_gemm(const char* name) {

@@ -28,6 +28,14 @@
 
 namespace kdfast::cpu {
 
+// GCC vectors one zmm / ymm / xmm register wide, for the per-ISA register blocks.
+typedef float v16sf __attribute__((vector_size(64)));
+typedef float v8sf __attribute__((vector_size(32)));
+typedef float v4sf __attribute__((vector_size(16)));
+typedef double v8df __attribute__((vector_size(64)));
+typedef double v4df __attribute__((vector_size(32)));
+typedef double v2df __attribute__((vector_size(16)));
+
 template <class To, class From>
 KDFAST_INLINE To bit_cast(From from) {
   To to;
