@@ -17,6 +17,7 @@
 //    pass. The rows' lse go to an O(B*R*L) buffer.
 //  loop 2 (only for the gradient), parallel over (b*r, key blocks of BK keys): recomputes the
 //    score tiles of every query tile against the block and accumulates dB = c_s * dS^T A_s.
+// Score tiles and both gradient products are register-blocked GEMMs (score_tile.h).
 // Extra memory: O(L*d) per thread + O(B*R*L); every output row is written by one task (no
 // atomics, deterministic).
 #include <torch/extension.h>
@@ -111,10 +112,10 @@ KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc l
 template <class Acc>
 struct Scratch1 {
   std::vector<Acc> buf;
-  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *dq;
+  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *g, *dq;
   int64_t plane = -1;
   Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt) {
-    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 2 * BQ * BK + BQ * ds);
+    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 3 * BQ * BK + BQ * ds);
     qs = buf.data();
     qt = qs + BQ * ds;
     kst = qt + BQ * dt;
@@ -123,7 +124,8 @@ struct Scratch1 {
     wk = ktt + dt * Lp;
     ss = wk + Lp;
     st = ss + BQ * BK;
-    dq = st + BQ * BK;
+    g = st + BQ * BK;
+    dq = g + BQ * BK;
     (void)L;
   }
 };
@@ -155,8 +157,12 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     if (w.plane != p) {  // pack the plane's keys once per thread and plane
       pack_t<C>(a.bs + p * L * ds, 0, L, Lp, ds, Lp, w.kst);
       pack_t<C>(a.bt + p * L * dt, 0, L, Lp, dt, Lp, w.ktt);
-      if (a.ga) load_rows<C>(a.bs + p * L * ds, 0, L, ds, w.ks);
       for (int64_t k = 0; k < Lp; ++k) w.wk[k] = k < L ? (m ? (m[k] != Acc(0) ? Acc(1) : Acc(0)) : Acc(1)) : Acc(0);
+      if (a.ga) {  // masked and padding keys zeroed: no 0 * NaN in dA
+        load_rows<C>(a.bs + p * L * ds, 0, L, ds, w.ks);
+        for (int64_t k = 0; k < Lp; ++k)
+          if (w.wk[k] == Acc(0)) std::fill_n(w.ks + k * ds, ds, Acc(0));
+      }
       w.plane = p;
     }
     load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
@@ -209,13 +215,16 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
         }
       }
     }
-    Acc g[BK];
     for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
       score_tile<Tile>(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
       const Acc* wk = w.wk + k0;
       for (int64_t i = 0; i < nq; ++i) {
-        if (cq[i] == Acc(0)) continue;
+        Acc* g = w.g + i * BK;
+        if (cq[i] == Acc(0)) {
+          std::fill_n(g, BK, Acc(0));
+          continue;
+        }
         Acc* s = w.ss + i * BK;
         Acc* t = w.st + i * BK;
         if (kl) {
@@ -228,18 +237,9 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
         } else {
           total += mse_row(s, t, wk, tiny, cq[i], g);
         }
-        if (a.ga) {  // dA[i] += c_s * sum_j g[j] B_s[k0 + j]
-          Acc* dq = w.dq + i * ds;
-          const int64_t nk = std::min<int64_t>(BK, L - k0);
-          for (int64_t j = 0; j < nk; ++j) {
-            const Acc gj = g[j] * cs;
-            if (gj == Acc(0)) continue;
-            const Acc* kr = w.ks + (k0 + j) * ds;
-#pragma omp simd
-            for (int64_t e = 0; e < ds; ++e) dq[e] += gj * kr[e];
-          }
-        }
       }
+      if (a.ga)  // dA += c_s * dS B_s over the tile's keys
+        tile_gemm<Tile, true>(w.g, nq, BK, BK, w.ks + k0 * ds, ds, ds, cs, w.dq, ds);
     }
   }
   if (a.ga) {
@@ -252,16 +252,18 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
 template <class Acc>
 struct Scratch2 {
   std::vector<Acc> buf;
-  Acc *kst, *ktt, *qs, *qt, *ss, *st, *dkt;
+  Acc *kst, *ktt, *qs, *qt, *qst, *ss, *st, *g, *dkt;
   Scratch2(int64_t ds, int64_t dt) {
-    buf.resize(ds * BK + dt * BK + BQ * ds + BQ * dt + 2 * BQ * BK + ds * BK);
+    buf.resize(ds * BK + dt * BK + 2 * BQ * ds + BQ * dt + 3 * BQ * BK + ds * BK);
     kst = buf.data();
     ktt = kst + ds * BK;
     qs = ktt + dt * BK;
     qt = qs + BQ * ds;
-    ss = qt + BQ * dt;
+    qst = qt + BQ * dt;
+    ss = qst + BQ * ds;
     st = ss + BQ * BK;
-    dkt = st + BQ * BK;
+    g = st + BQ * BK;
+    dkt = g + BQ * BK;
   }
 };
 
@@ -287,7 +289,6 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
   if (any_key) {
     pack_t<C>(a.bs + p * L * ds, k0, nk, BK, ds, BK, w.kst);
     pack_t<C>(a.bt + p * L * dt, k0, nk, BK, dt, BK, w.ktt);
-    Acc g[BK];
     for (int64_t q0 = 0; q0 < L; q0 += BQ) {
       const int64_t nq = std::min<int64_t>(BQ, L - q0);
       Acc cq[BQ];
@@ -301,8 +302,15 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
       score_tile<Tile>(w.qs, nq, ds, w.kst, BK, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt, BK, ct, w.st);
+      for (int64_t i = 0; i < nq; ++i) {  // A_s^T with masked query rows zeroed (no 0 * NaN)
+        for (int64_t e = 0; e < ds; ++e) w.qst[e * BQ + i] = cq[i] == Acc(0) ? Acc(0) : w.qs[i * ds + e];
+      }
       for (int64_t i = 0; i < nq; ++i) {
-        if (cq[i] == Acc(0)) continue;
+        Acc* g = w.g + i * BK;
+        if (cq[i] == Acc(0)) {
+          std::fill_n(g, BK, Acc(0));
+          continue;
+        }
         Acc* s = w.ss + i * BK;
         Acc* t = w.st + i * BK;
         if (kl) {
@@ -316,19 +324,14 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
         } else {
           mse_row(s, t, wk, tiny, cq[i], g);
         }
-        const Acc* qr = w.qs + i * ds;
-        for (int64_t e = 0; e < ds; ++e) {  // dB^T[e, j] += A_s[i, e] g[j]
-          const Acc x = qr[e];
-          Acc* dk = w.dkt + e * BK;
-#pragma omp simd
-          for (int j = 0; j < BK; ++j) dk[j] += x * g[j];
-        }
       }
+      // dB^T += c_s * A_s^T dS over the tile's queries
+      tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt, BK);
     }
   }
   typename C::T* out = a.gb + (p * L + k0) * ds;
   for (int64_t j = 0; j < nk; ++j) {
-    for (int64_t e = 0; e < ds; ++e) out[j * ds + e] = C::store(w.dkt[e * BK + j] * cs);
+    for (int64_t e = 0; e < ds; ++e) out[j * ds + e] = C::store(w.dkt[e * BK + j]);
   }
 }
 
