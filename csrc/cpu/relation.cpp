@@ -17,6 +17,9 @@
 //    pass. The rows' lse go to an O(B*R*L) buffer.
 //  loop 2 (only for the gradient), parallel over (b*r, key blocks of BK keys): recomputes the
 //    score tiles of every query tile against the block and accumulates dB = c_s * dS^T A_s.
+//  By plane instead, when there are at least two planes per thread and a gradient: one task
+//    per plane runs loop 1 over its query blocks and accumulates dB^T of the whole plane too
+//    (O(L*d) per thread), so nothing is recomputed.
 // Score tiles and both gradient products are register-blocked GEMMs (score_tile.h).
 // Extra memory: O(L*d) per thread + O(B*R*L); every output row is written by one task (no
 // atomics, deterministic).
@@ -112,10 +115,11 @@ KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc l
 template <class Acc>
 struct Scratch1 {
   std::vector<Acc> buf;
-  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *g, *dq;
+  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *g, *dq, *qst, *dkt;
   int64_t plane = -1;
-  Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt) {
-    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 3 * BQ * BK + BQ * ds);
+  Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt, bool by_plane) {
+    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 3 * BQ * BK + BQ * ds +
+               (by_plane ? BQ * ds + ds * Lp : 0));
     qs = buf.data();
     qt = qs + BQ * ds;
     kst = qt + BQ * dt;
@@ -126,11 +130,29 @@ struct Scratch1 {
     st = ss + BQ * BK;
     g = st + BQ * BK;
     dq = g + BQ * BK;
+    qst = dq + BQ * ds;
+    dkt = by_plane ? qst + BQ * ds : nullptr;
     (void)L;
   }
 };
 
-// Loop 1: one (plane, query block) task.
+// A_s^T [d, BQ] of a query block, rows that do not count zeroed (no 0 * NaN in dB).
+template <class Acc>
+KDFAST_INLINE void transpose_rows(const Acc* q, int64_t nq, int64_t d, const Acc* cq, Acc* qt) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < d; ++e) qt[e * BQ + i] = cq[i] == Acc(0) ? Acc(0) : q[i * d + e];
+}
+
+// dB rows [k0, k0 + nk) of a plane from the accumulated dB^T [d, ld].
+template <class C>
+KDFAST_INLINE void store_db(typename C::T* out, const typename C::Acc* dkt, int64_t ld, int64_t nk,
+                            int64_t d) {
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t e = 0; e < d; ++e) out[j * d + e] = C::store(dkt[e * ld + j]);
+}
+
+// Loop 1: one (plane, query block) task. With w.dkt (by plane), it also accumulates the
+// block's share of the plane's dB^T, so that loop 2 is not needed.
 template <class C, class Tile>
 KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratch1<typename C::Acc>& w) {
   using Acc = typename C::Acc;
@@ -167,6 +189,7 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     }
     load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
     load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
+    if (w.dkt) transpose_rows(w.qs, nq, ds, cq, w.qst);
     Acc ms[BQ], zs[BQ], mt[BQ], zt[BQ], lse_s[BQ], lse_t[BQ];
     if (kl) {
       for (int64_t i = 0; i < nq; ++i) ms[i] = mt[i] = ninf, zs[i] = zt[i] = 0;
@@ -240,6 +263,8 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
       }
       if (a.ga)  // dA += c_s * dS B_s over the tile's keys
         tile_gemm<Tile, true>(w.g, nq, BK, BK, w.ks + k0 * ds, ds, ds, cs, w.dq, ds);
+      if (w.dkt)  // dB^T += c_s * A_s^T dS over the block's queries
+        tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt + k0, Lp);
     }
   }
   if (a.ga) {
@@ -302,9 +327,7 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
       score_tile<Tile>(w.qs, nq, ds, w.kst, BK, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt, BK, ct, w.st);
-      for (int64_t i = 0; i < nq; ++i) {  // A_s^T with masked query rows zeroed (no 0 * NaN)
-        for (int64_t e = 0; e < ds; ++e) w.qst[e * BQ + i] = cq[i] == Acc(0) ? Acc(0) : w.qs[i * ds + e];
-      }
+      transpose_rows(w.qs, nq, ds, cq, w.qst);
       for (int64_t i = 0; i < nq; ++i) {
         Acc* g = w.g + i * BK;
         if (cq[i] == Acc(0)) {
@@ -329,40 +352,49 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt, BK);
     }
   }
-  typename C::T* out = a.gb + (p * L + k0) * ds;
-  for (int64_t j = 0; j < nk; ++j) {
-    for (int64_t e = 0; e < ds; ++e) out[j * ds + e] = C::store(w.dkt[e * BK + j]);
-  }
+  store_db<C>(a.gb + (p * L + k0) * ds, w.dkt, BK, nk, ds);
 }
 
 // One version of each task loop per ISA (function multiversioning, cpu_math.h), with its tile.
-#define KDFAST_REL_VERSION(ISA, TILE, FWD, BWD, CODEC)                                          \
+#define KDFAST_REL_VERSION(ISA, TILE, FWD, PLANES, BWD, CODEC)                                  \
   ISA void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) {   \
     const int64_t Lp = (a.L + BK - 1) / BK * BK;                                               \
-    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt);                                               \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, false);                                        \
     for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);       \
+  }                                                                                            \
+  ISA void PLANES(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) { \
+    const int64_t Lp = (a.L + BK - 1) / BK * BK, nqb = (a.L + BQ - 1) / BQ;                    \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, true);                                         \
+    for (int64_t p = begin; p < end; ++p) {                                                    \
+      std::fill_n(w.dkt, a.ds * Lp, CODEC::Acc(0));                                            \
+      for (int64_t t = p * nqb; t < (p + 1) * nqb; ++t)                                        \
+        task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);                                         \
+      store_db<CODEC>(a.gb + p * a.L * a.ds, w.dkt, Lp, a.L, a.ds);                            \
+    }                                                                                          \
   }                                                                                            \
   ISA void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {                          \
     Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                        \
     for (int64_t t = begin; t < end; ++t) bwd_task<CODEC, TILE>(a, t, w);                      \
   }
 #if KDFAST_ISA_VERSIONS
-#define KDFAST_REL_TASKS(FWD, BWD, CODEC)                                                      \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, BWD, CODEC)                           \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, BWD, CODEC)                               \
-  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC)                                              \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, PLANES, BWD, CODEC)                   \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, PLANES, BWD, CODEC)                       \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
 #else
-#define KDFAST_REL_TASKS(FWD, BWD, CODEC) KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC) \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
 #endif
-KDFAST_REL_TASKS(rel_fwd_f32, rel_bwd_f32, F32)
-KDFAST_REL_TASKS(rel_fwd_f64, rel_bwd_f64, F64)
-KDFAST_REL_TASKS(rel_fwd_bf16, rel_bwd_bf16, BF16)
-KDFAST_REL_TASKS(rel_fwd_f16, rel_bwd_f16, F16)
+KDFAST_REL_TASKS(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, F32)
+KDFAST_REL_TASKS(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, F64)
+KDFAST_REL_TASKS(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, BF16)
+KDFAST_REL_TASKS(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, F16)
 #undef KDFAST_REL_TASKS
 #undef KDFAST_REL_VERSION
 
 template <class C>
 at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
+                  void (*planes)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
                   void (*bwd)(const RelArgs<C>&, int64_t, int64_t), const std::vector<at::Tensor>& s,
                   const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
                   const at::Tensor& mask, const at::Tensor& scale, int64_t kind) {
@@ -372,8 +404,13 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
   const int64_t B = s[0].size(0), R = s[0].size(1), L = s[0].size(2);
   const int64_t P = B * R;
   const bool grad = !g.empty();
+  // The gradient by plane (one pass, no recomputation in loop 2) when the planes keep every
+  // thread busy: at least two per thread bounds the imbalance to 1.5x, less than the ~1.5-2x
+  // of work that loop 2 adds.
+  const bool by_plane = grad && P >= 2 * at::get_num_threads();
   at::Tensor lse;
-  if (kind == REL_KL && grad) lse = at::empty({P * L * 2}, s[0].options().dtype(acc_type));
+  if (kind == REL_KL && grad && !by_plane)
+    lse = at::empty({P * L * 2}, s[0].options().dtype(acc_type));
   RelArgs<C> a{reinterpret_cast<const T*>(s[0].const_data_ptr()),
                reinterpret_cast<const T*>(s[1].const_data_ptr()),
                reinterpret_cast<const T*>(t[0].const_data_ptr()),
@@ -387,6 +424,10 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
   const int64_t n1 = P * ((L + BQ - 1) / BQ);
   at::Tensor task_loss = at::empty({n1}, s[0].options().dtype(acc_type));
   Acc* tl = task_loss.mutable_data_ptr<Acc>();
+  if (by_plane) {
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) { planes(a, begin, end, tl); });
+    return task_loss.sum().reshape({1});
+  }
   at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) { fwd(a, begin, end, tl); });
   if (grad) {
     const int64_t n2 = P * ((L + BK - 1) / BK);
@@ -437,10 +478,18 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cpu(
   }
   at::Tensor loss;
   switch (dtype) {
-    case at::kFloat: loss = launch<F32>(rel_fwd_f32, rel_bwd_f32, s, t, g, m, sc, kind); break;
-    case at::kDouble: loss = launch<F64>(rel_fwd_f64, rel_bwd_f64, s, t, g, m, sc, kind); break;
-    case at::kBFloat16: loss = launch<BF16>(rel_fwd_bf16, rel_bwd_bf16, s, t, g, m, sc, kind); break;
-    case at::kHalf: loss = launch<F16>(rel_fwd_f16, rel_bwd_f16, s, t, g, m, sc, kind); break;
+    case at::kFloat:
+      loss = launch<F32>(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, s, t, g, m, sc, kind);
+      break;
+    case at::kDouble:
+      loss = launch<F64>(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, s, t, g, m, sc, kind);
+      break;
+    case at::kBFloat16:
+      loss = launch<BF16>(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, s, t, g, m, sc, kind);
+      break;
+    case at::kHalf:
+      loss = launch<F16>(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, s, t, g, m, sc, kind);
+      break;
     default: TORCH_CHECK(false, "relation_loss: unsupported dtype ", dtype);
   }
   return {loss, g};

@@ -72,7 +72,8 @@ int check_tile_gemm(const char* name) {
               double want = double(c0[i * ldc + j]);  // columns past n stay untouched
               if (j < n) {
                 double dot = 0;
-                for (int64_t e = 0; e < K; ++e) dot += double(a[i * lda + e]) * double(b[e * ldb + j]);
+                for (int64_t e = 0; e < K; ++e)
+                  dot += double(a[i * lda + e]) * double(b[e * ldb + j]);
                 want = double(scale) * dot + (add ? want : 0.0);
               }
               const double tol = (sizeof(T) == 4 ? 1e-5 : 1e-13) * (K + 2);

@@ -58,6 +58,19 @@ KDFAST_INLINE void gemm_block(const Acc* __restrict A, int64_t lda, int64_t K,
     }
 }
 
+// The rows of one column strip of tile_gemm: MR at a time, then one at a time.
+template <class Tile, int NV, bool ADD, class Acc>
+KDFAST_INLINE void strip_rows(const Acc* __restrict A, int64_t m, int64_t lda, int64_t K,
+                              const Acc* __restrict B, int64_t ldb, Acc c, Acc* __restrict C,
+                              int64_t ldc) {
+  constexpr int MR = Tile::MR;
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR)
+    gemm_block<Acc, Tile::VB, MR, NV, ADD>(A + i * lda, lda, K, B, ldb, c, C + i * ldc, ldc);
+  for (; i < m; ++i)
+    gemm_block<Acc, Tile::VB, 1, NV, ADD>(A + i * lda, lda, K, B, ldb, c, C + i * ldc, ldc);
+}
+
 // C[i, j] (+)= c * sum_e A[i, e] B[e, j] for i < m, j < n (A: rows of stride lda, B: [K, ldb],
 // C: rows of stride ldc), register-blocked by Tile; columns past the widest blocks take
 // one-vector blocks, then a scalar loop.
@@ -65,22 +78,11 @@ template <class Tile, bool ADD, class Acc>
 KDFAST_INLINE void tile_gemm(const Acc* __restrict A, int64_t m, int64_t lda, int64_t K,
                              const Acc* __restrict B, int64_t ldb, int64_t n, Acc c,
                              Acc* __restrict C, int64_t ldc) {
-  constexpr int MR = Tile::MR, NV = Tile::NV, W = Tile::VB / sizeof(Acc);
+  constexpr int NV = Tile::NV, W = Tile::VB / sizeof(Acc);
   int64_t j = 0;
-  for (; j + NV * W <= n; j += NV * W) {
-    int64_t i = 0;
-    for (; i + MR <= m; i += MR)
-      gemm_block<Acc, Tile::VB, MR, NV, ADD>(A + i * lda, lda, K, B + j, ldb, c, C + i * ldc + j, ldc);
-    for (; i < m; ++i)
-      gemm_block<Acc, Tile::VB, 1, NV, ADD>(A + i * lda, lda, K, B + j, ldb, c, C + i * ldc + j, ldc);
-  }
-  for (; j + W <= n; j += W) {
-    int64_t i = 0;
-    for (; i + MR <= m; i += MR)
-      gemm_block<Acc, Tile::VB, MR, 1, ADD>(A + i * lda, lda, K, B + j, ldb, c, C + i * ldc + j, ldc);
-    for (; i < m; ++i)
-      gemm_block<Acc, Tile::VB, 1, 1, ADD>(A + i * lda, lda, K, B + j, ldb, c, C + i * ldc + j, ldc);
-  }
+  for (; j + NV * W <= n; j += NV * W)
+    strip_rows<Tile, NV, ADD>(A, m, lda, K, B + j, ldb, c, C + j, ldc);
+  for (; j + W <= n; j += W) strip_rows<Tile, 1, ADD>(A, m, lda, K, B + j, ldb, c, C + j, ldc);
   for (int64_t i = 0; j < n && i < m; ++i) {
     for (int64_t jj = j; jj < n; ++jj) {
       Acc x = 0;
