@@ -91,6 +91,30 @@ def test_backend_matches_reference_float64(backend, which):
         _close(g, w, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.skipif(not HAS_CPU, reason="no C++ relation op in this kdfast._C")
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("which", ["kl", "tinybert", "masked"])
+def test_cpu_gradient_by_plane_and_by_key_block(threads, which):
+    # 4 planes: one thread takes the gradient plane by plane (loop 1 accumulates dB too), four
+    # threads take loop 1 and then loop 2 over key blocks. L = 70 spans two key tiles and three
+    # query blocks; d_s = 33 leaves a column remainder in every register block.
+    gen = _gen(11)
+    qs, ks = _proj(gen, 4, 1, 70, 33)
+    qt, kt = _proj(gen, 4, 1, 70, 12)
+    mask = _ragged_mask(4, 70)
+    fn, kw = (attention_kl_qk, {}) if which == "kl" else (attention_mse_qk, {"mode": which})
+    want, want_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend="reference", **kw)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, got_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend="cpu", **kw)
+    finally:
+        torch.set_num_threads(before)
+    _close(got, want, rtol=1e-12, atol=1e-14)
+    for g, w in zip(got_g, want_g):
+        _close(g, w, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kl_equals_attention_kl_on_materialised_scores(backend):
     gen = _gen(2)

@@ -17,6 +17,10 @@
 //    pass. The rows' lse go to an O(B*R*L) buffer.
 //  loop 2 (only for the gradient), parallel over (b*r, key blocks of BK keys): recomputes the
 //    score tiles of every query tile against the block and accumulates dB = c_s * dS^T A_s.
+//  By plane instead, when there are at least two planes per thread and a gradient: one task
+//    per plane runs loop 1 over its query blocks and accumulates dB^T of the whole plane too
+//    (O(L*d) per thread), so nothing is recomputed.
+// Score tiles and both gradient products are register-blocked GEMMs (score_tile.h).
 // Extra memory: O(L*d) per thread + O(B*R*L); every output row is written by one task (no
 // atomics, deterministic).
 #include <torch/extension.h>
@@ -111,10 +115,11 @@ KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc l
 template <class Acc>
 struct Scratch1 {
   std::vector<Acc> buf;
-  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *dq;
+  Acc *qs, *qt, *kst, *ks, *ktt, *wk, *ss, *st, *g, *dq, *qst, *dkt;
   int64_t plane = -1;
-  Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt) {
-    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 2 * BQ * BK + BQ * ds);
+  Scratch1(int64_t L, int64_t Lp, int64_t ds, int64_t dt, bool by_plane) {
+    buf.resize(BQ * ds + BQ * dt + 2 * ds * Lp + dt * Lp + Lp + 3 * BQ * BK + BQ * ds +
+               (by_plane ? BQ * ds + ds * Lp : 0));
     qs = buf.data();
     qt = qs + BQ * ds;
     kst = qt + BQ * dt;
@@ -123,12 +128,31 @@ struct Scratch1 {
     wk = ktt + dt * Lp;
     ss = wk + Lp;
     st = ss + BQ * BK;
-    dq = st + BQ * BK;
+    g = st + BQ * BK;
+    dq = g + BQ * BK;
+    qst = dq + BQ * ds;
+    dkt = by_plane ? qst + BQ * ds : nullptr;
     (void)L;
   }
 };
 
-// Loop 1: one (plane, query block) task.
+// A_s^T [d, BQ] of a query block, rows that do not count zeroed (no 0 * NaN in dB).
+template <class Acc>
+KDFAST_INLINE void transpose_rows(const Acc* q, int64_t nq, int64_t d, const Acc* cq, Acc* qt) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < d; ++e) qt[e * BQ + i] = cq[i] == Acc(0) ? Acc(0) : q[i * d + e];
+}
+
+// dB rows [k0, k0 + nk) of a plane from the accumulated dB^T [d, ld].
+template <class C>
+KDFAST_INLINE void store_db(typename C::T* out, const typename C::Acc* dkt, int64_t ld, int64_t nk,
+                            int64_t d) {
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t e = 0; e < d; ++e) out[j * d + e] = C::store(dkt[e * ld + j]);
+}
+
+// Loop 1: one (plane, query block) task. With w.dkt (by plane), it also accumulates the
+// block's share of the plane's dB^T, so that loop 2 is not needed.
 template <class C, class Tile>
 KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratch1<typename C::Acc>& w) {
   using Acc = typename C::Acc;
@@ -155,12 +179,17 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     if (w.plane != p) {  // pack the plane's keys once per thread and plane
       pack_t<C>(a.bs + p * L * ds, 0, L, Lp, ds, Lp, w.kst);
       pack_t<C>(a.bt + p * L * dt, 0, L, Lp, dt, Lp, w.ktt);
-      if (a.ga) load_rows<C>(a.bs + p * L * ds, 0, L, ds, w.ks);
       for (int64_t k = 0; k < Lp; ++k) w.wk[k] = k < L ? (m ? (m[k] != Acc(0) ? Acc(1) : Acc(0)) : Acc(1)) : Acc(0);
+      if (a.ga) {  // masked and padding keys zeroed: no 0 * NaN in dA
+        load_rows<C>(a.bs + p * L * ds, 0, L, ds, w.ks);
+        for (int64_t k = 0; k < Lp; ++k)
+          if (w.wk[k] == Acc(0)) std::fill_n(w.ks + k * ds, ds, Acc(0));
+      }
       w.plane = p;
     }
     load_rows<C>(a.as + p * L * ds, q0, nq, ds, w.qs);
     load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
+    if (w.dkt) transpose_rows(w.qs, nq, ds, cq, w.qst);
     Acc ms[BQ], zs[BQ], mt[BQ], zt[BQ], lse_s[BQ], lse_t[BQ];
     if (kl) {
       for (int64_t i = 0; i < nq; ++i) ms[i] = mt[i] = ninf, zs[i] = zt[i] = 0;
@@ -209,13 +238,16 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
         }
       }
     }
-    Acc g[BK];
     for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
       score_tile<Tile>(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
       const Acc* wk = w.wk + k0;
       for (int64_t i = 0; i < nq; ++i) {
-        if (cq[i] == Acc(0)) continue;
+        Acc* g = w.g + i * BK;
+        if (cq[i] == Acc(0)) {
+          std::fill_n(g, BK, Acc(0));
+          continue;
+        }
         Acc* s = w.ss + i * BK;
         Acc* t = w.st + i * BK;
         if (kl) {
@@ -228,18 +260,11 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
         } else {
           total += mse_row(s, t, wk, tiny, cq[i], g);
         }
-        if (a.ga) {  // dA[i] += c_s * sum_j g[j] B_s[k0 + j]
-          Acc* dq = w.dq + i * ds;
-          const int64_t nk = std::min<int64_t>(BK, L - k0);
-          for (int64_t j = 0; j < nk; ++j) {
-            const Acc gj = g[j] * cs;
-            if (gj == Acc(0)) continue;
-            const Acc* kr = w.ks + (k0 + j) * ds;
-#pragma omp simd
-            for (int64_t e = 0; e < ds; ++e) dq[e] += gj * kr[e];
-          }
-        }
       }
+      if (a.ga)  // dA += c_s * dS B_s over the tile's keys
+        tile_gemm<Tile, true>(w.g, nq, BK, BK, w.ks + k0 * ds, ds, ds, cs, w.dq, ds);
+      if (w.dkt)  // dB^T += c_s * A_s^T dS over the block's queries
+        tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt + k0, Lp);
     }
   }
   if (a.ga) {
@@ -252,16 +277,18 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
 template <class Acc>
 struct Scratch2 {
   std::vector<Acc> buf;
-  Acc *kst, *ktt, *qs, *qt, *ss, *st, *dkt;
+  Acc *kst, *ktt, *qs, *qt, *qst, *ss, *st, *g, *dkt;
   Scratch2(int64_t ds, int64_t dt) {
-    buf.resize(ds * BK + dt * BK + BQ * ds + BQ * dt + 2 * BQ * BK + ds * BK);
+    buf.resize(ds * BK + dt * BK + 2 * BQ * ds + BQ * dt + 3 * BQ * BK + ds * BK);
     kst = buf.data();
     ktt = kst + ds * BK;
     qs = ktt + dt * BK;
     qt = qs + BQ * ds;
-    ss = qt + BQ * dt;
+    qst = qt + BQ * dt;
+    ss = qst + BQ * ds;
     st = ss + BQ * BK;
-    dkt = st + BQ * BK;
+    g = st + BQ * BK;
+    dkt = g + BQ * BK;
   }
 };
 
@@ -287,7 +314,6 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
   if (any_key) {
     pack_t<C>(a.bs + p * L * ds, k0, nk, BK, ds, BK, w.kst);
     pack_t<C>(a.bt + p * L * dt, k0, nk, BK, dt, BK, w.ktt);
-    Acc g[BK];
     for (int64_t q0 = 0; q0 < L; q0 += BQ) {
       const int64_t nq = std::min<int64_t>(BQ, L - q0);
       Acc cq[BQ];
@@ -301,8 +327,13 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       load_rows<C>(a.at + p * L * dt, q0, nq, dt, w.qt);
       score_tile<Tile>(w.qs, nq, ds, w.kst, BK, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt, BK, ct, w.st);
+      transpose_rows(w.qs, nq, ds, cq, w.qst);
       for (int64_t i = 0; i < nq; ++i) {
-        if (cq[i] == Acc(0)) continue;
+        Acc* g = w.g + i * BK;
+        if (cq[i] == Acc(0)) {
+          std::fill_n(g, BK, Acc(0));
+          continue;
+        }
         Acc* s = w.ss + i * BK;
         Acc* t = w.st + i * BK;
         if (kl) {
@@ -316,50 +347,54 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
         } else {
           mse_row(s, t, wk, tiny, cq[i], g);
         }
-        const Acc* qr = w.qs + i * ds;
-        for (int64_t e = 0; e < ds; ++e) {  // dB^T[e, j] += A_s[i, e] g[j]
-          const Acc x = qr[e];
-          Acc* dk = w.dkt + e * BK;
-#pragma omp simd
-          for (int j = 0; j < BK; ++j) dk[j] += x * g[j];
-        }
       }
+      // dB^T += c_s * A_s^T dS over the tile's queries
+      tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt, BK);
     }
   }
-  typename C::T* out = a.gb + (p * L + k0) * ds;
-  for (int64_t j = 0; j < nk; ++j) {
-    for (int64_t e = 0; e < ds; ++e) out[j * ds + e] = C::store(w.dkt[e * BK + j] * cs);
-  }
+  store_db<C>(a.gb + (p * L + k0) * ds, w.dkt, BK, nk, ds);
 }
 
 // One version of each task loop per ISA (function multiversioning, cpu_math.h), with its tile.
-#define KDFAST_REL_VERSION(ISA, TILE, FWD, BWD, CODEC)                                          \
+#define KDFAST_REL_VERSION(ISA, TILE, FWD, PLANES, BWD, CODEC)                                  \
   ISA void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) {   \
     const int64_t Lp = (a.L + BK - 1) / BK * BK;                                               \
-    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt);                                               \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, false);                                        \
     for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);       \
+  }                                                                                            \
+  ISA void PLANES(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) { \
+    const int64_t Lp = (a.L + BK - 1) / BK * BK, nqb = (a.L + BQ - 1) / BQ;                    \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, true);                                         \
+    for (int64_t p = begin; p < end; ++p) {                                                    \
+      std::fill_n(w.dkt, a.ds * Lp, CODEC::Acc(0));                                            \
+      for (int64_t t = p * nqb; t < (p + 1) * nqb; ++t)                                        \
+        task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);                                         \
+      store_db<CODEC>(a.gb + p * a.L * a.ds, w.dkt, Lp, a.L, a.ds);                            \
+    }                                                                                          \
   }                                                                                            \
   ISA void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {                          \
     Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                        \
     for (int64_t t = begin; t < end; ++t) bwd_task<CODEC, TILE>(a, t, w);                      \
   }
 #if KDFAST_ISA_VERSIONS
-#define KDFAST_REL_TASKS(FWD, BWD, CODEC)                                                      \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, BWD, CODEC)                           \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, BWD, CODEC)                               \
-  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC)                                              \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, PLANES, BWD, CODEC)                   \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, PLANES, BWD, CODEC)                       \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
 #else
-#define KDFAST_REL_TASKS(FWD, BWD, CODEC) KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, BWD, CODEC)
+#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC) \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
 #endif
-KDFAST_REL_TASKS(rel_fwd_f32, rel_bwd_f32, F32)
-KDFAST_REL_TASKS(rel_fwd_f64, rel_bwd_f64, F64)
-KDFAST_REL_TASKS(rel_fwd_bf16, rel_bwd_bf16, BF16)
-KDFAST_REL_TASKS(rel_fwd_f16, rel_bwd_f16, F16)
+KDFAST_REL_TASKS(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, F32)
+KDFAST_REL_TASKS(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, F64)
+KDFAST_REL_TASKS(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, BF16)
+KDFAST_REL_TASKS(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, F16)
 #undef KDFAST_REL_TASKS
 #undef KDFAST_REL_VERSION
 
 template <class C>
 at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
+                  void (*planes)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
                   void (*bwd)(const RelArgs<C>&, int64_t, int64_t), const std::vector<at::Tensor>& s,
                   const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
                   const at::Tensor& mask, const at::Tensor& scale, int64_t kind) {
@@ -369,8 +404,13 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
   const int64_t B = s[0].size(0), R = s[0].size(1), L = s[0].size(2);
   const int64_t P = B * R;
   const bool grad = !g.empty();
+  // The gradient by plane (one pass, no recomputation in loop 2) when the planes keep every
+  // thread busy: at least two per thread bounds the imbalance to 1.5x, less than the ~1.5-2x
+  // of work that loop 2 adds.
+  const bool by_plane = grad && P >= 2 * at::get_num_threads();
   at::Tensor lse;
-  if (kind == REL_KL && grad) lse = at::empty({P * L * 2}, s[0].options().dtype(acc_type));
+  if (kind == REL_KL && grad && !by_plane)
+    lse = at::empty({P * L * 2}, s[0].options().dtype(acc_type));
   RelArgs<C> a{reinterpret_cast<const T*>(s[0].const_data_ptr()),
                reinterpret_cast<const T*>(s[1].const_data_ptr()),
                reinterpret_cast<const T*>(t[0].const_data_ptr()),
@@ -384,6 +424,10 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
   const int64_t n1 = P * ((L + BQ - 1) / BQ);
   at::Tensor task_loss = at::empty({n1}, s[0].options().dtype(acc_type));
   Acc* tl = task_loss.mutable_data_ptr<Acc>();
+  if (by_plane) {
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) { planes(a, begin, end, tl); });
+    return task_loss.sum().reshape({1});
+  }
   at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) { fwd(a, begin, end, tl); });
   if (grad) {
     const int64_t n2 = P * ((L + BK - 1) / BK);
@@ -434,10 +478,18 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cpu(
   }
   at::Tensor loss;
   switch (dtype) {
-    case at::kFloat: loss = launch<F32>(rel_fwd_f32, rel_bwd_f32, s, t, g, m, sc, kind); break;
-    case at::kDouble: loss = launch<F64>(rel_fwd_f64, rel_bwd_f64, s, t, g, m, sc, kind); break;
-    case at::kBFloat16: loss = launch<BF16>(rel_fwd_bf16, rel_bwd_bf16, s, t, g, m, sc, kind); break;
-    case at::kHalf: loss = launch<F16>(rel_fwd_f16, rel_bwd_f16, s, t, g, m, sc, kind); break;
+    case at::kFloat:
+      loss = launch<F32>(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, s, t, g, m, sc, kind);
+      break;
+    case at::kDouble:
+      loss = launch<F64>(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, s, t, g, m, sc, kind);
+      break;
+    case at::kBFloat16:
+      loss = launch<BF16>(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, s, t, g, m, sc, kind);
+      break;
+    case at::kHalf:
+      loss = launch<F16>(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, s, t, g, m, sc, kind);
+      break;
     default: TORCH_CHECK(false, "relation_loss: unsupported dtype ", dtype);
   }
   return {loss, g};

@@ -12,6 +12,7 @@ path. The cache is ``$KDFAST_CACHE`` or ``~/.cache/kdfast``; a second call is fr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,14 @@ RESOURCES = {
 
 def cache_dir() -> Path:
     return Path(os.environ.get("KDFAST_CACHE", Path.home() / ".cache" / "kdfast"))
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts: the key of a cache file."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def _sha256(path: Path) -> str:

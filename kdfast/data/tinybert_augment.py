@@ -26,7 +26,6 @@ with a fingerprint of the inputs and settings) and reads it back when everything
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 from kdfast.data.augment import words as split_words
+from kdfast.data.fetch import fingerprint
 
 _ALNUM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9'’]*$")
 
@@ -205,13 +205,6 @@ def candidates(sentences_words, tokenizer, *, mlm=None, embeddings=None, glove=N
              for i, w in enumerate(ws)] for si, ws in enumerate(sentences_words)]
 
 
-def _fingerprint(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def _model_id(model):
     if model is None:
         return None
@@ -232,7 +225,7 @@ def augment(texts, texts_b=None, *, tokenizer, mlm=None, embeddings=None, glove=
     if texts_b is not None and len(texts_b) != len(texts):
         raise ValueError(f"texts_b has {len(texts_b)} entries but texts has {len(texts)}")
     texts = list(texts)
-    key = _fingerprint(texts, None if texts_b is None else list(texts_b), _model_id(mlm),
+    key = fingerprint(texts, None if texts_b is None else list(texts_b), _model_id(mlm),
                        None if embeddings is None else float(embeddings.detach().double().sum()),
                        str(glove) if isinstance(glove, (str, Path)) else glove is not None,
                        n_a, p_t, k, seed, max_len, len(tokenizer))

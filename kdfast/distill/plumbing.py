@@ -3,13 +3,12 @@ the task's training sentences, option checks, the output directory (checked once
 anything is written; :mod:`kdfast.distill.outputs`) and the results (rank 0, atomically)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from kdfast.data.fetch import fingerprint
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
@@ -154,14 +153,6 @@ def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None 
             if v is not None:
                 vecs[i] = v[j]
     return torch.stack(logits), (torch.stack(vecs) if vector else None)
-
-
-def fingerprint(*parts) -> str:
-    """A short hash of JSON-able parts: the key of a cache file."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def teacher_id(teacher, path=None):

@@ -7,6 +7,7 @@ kdfast.reference.relation for the definition). The kernels never materialise an 
 
 * ``torch.ops.kdfast.relation_loss`` (C++, CPU; csrc/cpu/relation.cpp): flash-style tiles,
   parallel over (B*R, query blocks) for the loss and dA, then over (B*R, key blocks) for dB;
+  with at least two planes per thread, one pass per plane that accumulates dB as well;
 * ``kdfast::relation_loss_triton`` (kdfast/triton/relation.py), the same two-kernel scheme;
 * no CUDA C++ kernel yet: on CUDA tensors ``auto`` picks Triton.
 
