@@ -97,6 +97,7 @@ def main() -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--steps", type=int, default=12, help="timed steps per form and length")
     p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--name", default="tinybert-step-qk-cpu", help="stem of the .json / .md written")
     p.add_argument("--memory-child", nargs=2, metavar=("L", "FORM"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -129,7 +130,8 @@ def main() -> int:
     m = machine()
     m["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.results)
-    (out / "tinybert-step-qk-cpu.json").write_text(json.dumps({"machine": m, "rows": rows},
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"machine": m, "rows": rows},
                                                               indent=1))
     lines = ["# One TinyBERT task-distillation step: SDPA + Q/K losses vs eager + score maps (CPU)",
              "", "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()) + ".", "",
@@ -145,7 +147,7 @@ def main() -> int:
         lines.append(f"| {r['L_real']} | {r['form']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
                      f"{r['steps']} | {r['peak_rss_growth_mib']:.0f} | "
                      f"{ratio if r['form'] == 'scores' else 1.0:.2f}x |")
-    (out / "tinybert-step-qk-cpu.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     return 0
 
 
