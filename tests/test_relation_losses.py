@@ -69,6 +69,22 @@ def _close(a, b, **kw):
     torch.testing.assert_close(a, b, **kw)
 
 
+def _qk_loss(which):
+    """The Q/K loss and its keywords for "kl", "tinybert" or "masked"."""
+    return (attention_kl_qk, {}) if which == "kl" else (attention_mse_qk, {"mode": which})
+
+
+def _float64_vs_reference(which, student, teacher, mask, backend, grad_atol=1e-14):
+    """Loss and student gradients of ``backend`` against the reference, in float64."""
+    fn, kw = _qk_loss(which)
+    want, want_g = _loss_and_grads(fn, student, teacher, attention_mask=mask, backend="reference", **kw)
+    got, got_g = _loss_and_grads(fn, student, teacher, attention_mask=mask, backend=backend, **kw)
+    assert got.dtype == torch.float64
+    _close(got, want, rtol=1e-12, atol=1e-14)
+    for g, w in zip(got_g, want_g):
+        _close(g, w, rtol=1e-10, atol=grad_atol)
+
+
 # ------------------------------------------------------------ backends vs the materialised reference
 @needs_kernel
 @pytest.mark.parametrize("backend", KERNELS)
@@ -78,17 +94,7 @@ def test_backend_matches_reference_float64(backend, which):
     # L = 19: not a tile multiple; d_s != d_t; a row with one real key and an all-padding row
     qs, ks = _proj(gen, 4, 2, 19, 5)
     qt, kt = _proj(gen, 4, 2, 19, 7)
-    mask = _ragged_mask(4, 19)
-    if which == "kl":
-        fn, kw = attention_kl_qk, {}
-    else:
-        fn, kw = attention_mse_qk, {"mode": which}
-    want, want_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend="reference", **kw)
-    got, got_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend=backend, **kw)
-    assert got.dtype == torch.float64
-    _close(got, want, rtol=1e-12, atol=1e-14)
-    for g, w in zip(got_g, want_g):
-        _close(g, w, rtol=1e-10, atol=1e-14)
+    _float64_vs_reference(which, [qs, ks], [qt, kt], _ragged_mask(4, 19), backend)
 
 
 @pytest.mark.skipif(not HAS_CPU, reason="no C++ relation op in this kdfast._C")
@@ -101,18 +107,12 @@ def test_cpu_gradient_by_plane_and_by_key_block(threads, which):
     gen = _gen(11)
     qs, ks = _proj(gen, 4, 1, 70, 33)
     qt, kt = _proj(gen, 4, 1, 70, 12)
-    mask = _ragged_mask(4, 70)
-    fn, kw = (attention_kl_qk, {}) if which == "kl" else (attention_mse_qk, {"mode": which})
-    want, want_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend="reference", **kw)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got, got_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask, backend="cpu", **kw)
+        _float64_vs_reference(which, [qs, ks], [qt, kt], _ragged_mask(4, 70), "cpu", grad_atol=1e-13)
     finally:
         torch.set_num_threads(before)
-    _close(got, want, rtol=1e-12, atol=1e-14)
-    for g, w in zip(got_g, want_g):
-        _close(g, w, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
