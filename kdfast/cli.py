@@ -127,6 +127,8 @@ OPTIONS = {
                                          "data (recipe default; early stopping may still end "
                                          "it sooner)"),
     "batch_size": Opt(None, POSITIVE_INT, "global batch size (split across torchrun processes)"),
+    "group_by_length": Opt(True, BOOL, "training batches of similar length, in random order "
+                                       "(about half the padding of random batches)"),
     "optimizer": Opt(None, str, "optimiser (recipe default)", ("adadelta", "adam", "adamw", "sgd")),
     "lr": Opt(None, POSITIVE, "learning rate (recipe default)"),
     "weight_decay": Opt(None, NON_NEGATIVE, "weight decay"),
@@ -225,9 +227,9 @@ OPTIONS = {
 }
 
 TASK = ("task", "text_column", "text_b_column", "label_column", "num_labels", "metric", "max_len")
-TRAIN = ("epochs", "max_steps", "min_steps", "batch_size", "optimizer", "lr", "weight_decay",
-         "scheduler", "warmup", "grad_clip", "eval_every", "patience", "checkpoint_every", "seed",
-         "amp", "device", "report_to")
+TRAIN = ("epochs", "max_steps", "min_steps", "batch_size", "group_by_length", "optimizer", "lr",
+         "weight_decay", "scheduler", "warmup", "grad_clip", "eval_every", "patience",
+         "checkpoint_every", "seed", "amp", "device", "report_to")
 RUN = ("config", "out", "overwrite", "resume", "progress")
 SOFT = ("alpha", "temperature")
 TANG_AUG = ("augment", "n_aug", "p_mask", "p_pos", "p_ng", "transfer_cache")

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from kdfast.data.tokenize import length_grouped
 from kdfast.distill import Distiller, load_student
 from kdfast.nn.students import BiLSTMClassifier, SRAEncoder
 
@@ -177,3 +178,43 @@ def test_bad_configs_and_data_give_clear_errors():
         Distiller(None, _student(), "mse", train_data=[{**data[0], "t_logits": [0.0, 1.0, 2.0]}])
     with pytest.raises(ValueError, match="alpha"):
         Distiller(None, _student(), "mse", train_data=data, alpha=1.5)
+    with pytest.raises(TypeError, match="group_by_length must be a bool"):
+        Distiller(None, _student(), "mse", train_data=data, group_by_length="yes")
+
+
+@pytest.mark.parametrize("n,batch_size,window", [(0, 4, 2), (7, 8, 3), (50, 8, 2), (203, 16, 4),
+                                                 (64, 4, 100)])
+def test_length_grouped_batches_are_a_shuffle_of_similar_lengths(n, batch_size, window):
+    g = torch.Generator().manual_seed(n)
+    lengths = torch.randint(1, 60, (n,), generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    out = length_grouped(order, lengths, batch_size, torch.Generator().manual_seed(1), window)
+    assert sorted(out) == list(range(n))  # every example once
+    assert out == length_grouped(order, lengths, batch_size, torch.Generator().manual_seed(1),
+                                 window)  # seeded: resume replays it
+    batches = [out[k:k + batch_size] for k in range(0, n, batch_size)]
+    span = batch_size * window
+    windows = [sorted(order[s:s + span], key=lambda i: lengths[i]) for s in range(0, n, span)]
+    cuts = [w[k:k + batch_size] for w in windows for k in range(0, len(w), batch_size)]
+    assert sorted(map(sorted, batches)) == sorted(map(sorted, cuts))  # cut from sorted windows
+    if n % batch_size:
+        assert sorted(batches[-1]) == sorted(cuts[-1])  # the short batch stays last
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    random = sum(max(lengths[i] for i in order[k:k + batch_size]) * len(order[k:k + batch_size])
+                 for k in range(0, n, batch_size))
+    assert padded <= random
+
+
+def test_training_visits_every_example_once_per_epoch_in_length_groups():
+    data = _examples(40)
+    for e, n in zip(data, range(40)):
+        e["s_ids"] = [1] * (1 + n % 9)  # lengths 1..9
+    seen = []
+    d = Distiller(None, _student(), "mse", train_data=data, epochs=2, **OPTS)
+    step = d.step
+    d.step = lambda batch, share=1.0: (seen.append(batch["s_lengths"].tolist()), step(batch, share))[1]
+    d.train()
+    assert len(seen) == 10 and all(len(b) == 8 for b in seen)
+    for epoch in (seen[:5], seen[5:]):
+        assert sorted(x for b in epoch for x in b) == sorted(1 + n % 9 for n in range(40))
+    assert sum(max(b) - min(b) for b in seen) <= 20  # similar lengths (random batches: ~70)

@@ -98,6 +98,29 @@ def to_device(batch: dict, device) -> dict:
             for k, v in batch.items()}
 
 
+def example_length(example: dict) -> int:
+    """Tokens of an example's longest sequence: what its batch is padded to."""
+    return max(len(example.get(k) or ()) for k in ("t_ids", "s_ids", "s_ids_b"))
+
+
+LENGTH_WINDOW = 16  # batches sorted together by length_grouped
+
+
+def length_grouped(order: list, lengths, batch_size: int, generator, window: int = LENGTH_WINDOW):
+    """``order`` (a shuffle) regrouped into batches of similar length, in random order: each run
+    of ``window`` batches is sorted by length and cut into batches, then the batches are
+    shuffled; a short last batch stays last. On movie sentences random batches of 32 are padded
+    to 52 tokens for 27 real ones; these to 29, so a step does about half the work."""
+    span = batch_size * window
+    batches = []
+    for s in range(0, len(order), span):
+        chunk = sorted(order[s:s + span], key=lambda i: lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    shuffled = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+    return [i for b in shuffled + tail for i in b]
+
+
 def length_batches(examples, batch_size: int, key: str = "t_ids"):
     """Index batches of similar length (for fast inference; training shuffles instead)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].get(key) or

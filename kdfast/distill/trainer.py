@@ -15,7 +15,9 @@ teacher's ``forward_batch(batch)``).
 
 :meth:`Distiller.train` is :meth:`~Distiller.restore`, then per batch :meth:`~Distiller.step`,
 :meth:`~Distiller.evaluate_dev` when due and :meth:`~Distiller.checkpoint` when due:
-* one permutation per epoch from ``seed + epoch``; checkpoints (``out_dir/checkpoint/last.pt``,
+* one permutation per epoch from ``seed + epoch``, regrouped into batches of similar length
+  (``group_by_length``, default on: about half the padding work of random batches);
+  checkpoints (``out_dir/checkpoint/last.pt``,
   written atomically) hold model, optimiser, scheduler, RNG states, step and the position in
   the epoch, so ``resume=True`` continues exactly where the last checkpoint left off;
 * DDP under ``torchrun`` (gloo on CPU, nccl on GPU): each global batch of ``batch_size``
@@ -52,7 +54,7 @@ import numpy as np
 import torch
 
 from kdfast.data import metrics as M
-from kdfast.data.tokenize import collate, length_batches, to_device
+from kdfast.data.tokenize import collate, example_length, length_batches, length_grouped, to_device
 from kdfast.distill import outputs
 from kdfast.distill.objectives import LOSSES, make_loss
 from kdfast.integrations.logging import REPORT_TO, DeviceMeans, open_writer, resolve_report_to
@@ -71,6 +73,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs (and min_steps)
     min_steps: int | None = None  # a floor on the steps that epochs give: small data still trains
     batch_size: int = 50
+    group_by_length: bool = True  # batches of similar length (less padding; length_grouped)
     optimizer: str = "adadelta"
     lr: float = 1.0
     rho: float = 0.95  # AdaDelta (Tang et al.)
@@ -118,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if not isinstance(self.group_by_length, bool):
+            raise TypeError(f"group_by_length must be a bool, got {self.group_by_length!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         positive_int("batch_size", self.batch_size, none_ok=False)
@@ -226,6 +231,7 @@ class Distiller:
         self.name, self.meta = name, dict(meta or {})
         self.teacher, self.student = teacher, student
         self.train_data, self.dev_data, self.test_data = train_data, dev_data, test_data
+        self._lengths = None  # example lengths for group_by_length, computed once
         self.tokenizer, self.callbacks = tokenizer, list(callbacks)
         self._check_data()
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -536,6 +542,10 @@ class Distiller:
         spe = self._steps_per_epoch()
         g = torch.Generator().manual_seed(c.seed * 1000003 + st.epoch)
         perm = torch.randperm(len(self.train_data), generator=g).tolist()
+        if c.group_by_length:
+            if self._lengths is None:
+                self._lengths = [example_length(e) for e in self.train_data]
+            perm = length_grouped(perm, self._lengths, c.batch_size, g)
         while st.pos < spe:
             t0 = time.perf_counter()
             glob = perm[st.pos * c.batch_size:(st.pos + 1) * c.batch_size]
