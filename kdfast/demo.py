@@ -96,12 +96,12 @@ def _opt(args, name):
     return OPTIONS[name][0] if v is None else v
 
 
-def _measure(fn, examples, key, batch_size=32):
+def _measure(fn, examples, batch_size=32):
     """(sentences per second of ``fn(batch)`` over ``examples``, accuracy of its argmax);
     one warm-up batch first. Tokenisation is done beforehand, for both models alike."""
     from kdfast.data.tokenize import collate, length_batches
 
-    order = length_batches(examples, batch_size, key)
+    order = length_batches(examples, batch_size)
     batches = [collate([examples[i] for i in idx]) for idx in order]
     with torch.inference_mode():
         fn(batches[len(batches) // 2])
@@ -217,7 +217,7 @@ def run_demo(args) -> int:
     # table: accuracy, parameters, CPU inference speed
     print("[4/4] measuring CPU inference speed on the test split")
     student_ex = encode(tokenizer, task.test.texts, None, task.test.labels, max_len=64, teacher=False)
-    t_speed, t_acc = _measure(teacher.forward_batch, test_ex, "t_ids")
+    t_speed, t_acc = _measure(teacher.forward_batch, test_ex)
     table = [("teacher: all-MiniLM-L6-v2 + head (fine-tuned)", teacher, t_acc, t_speed)]
     students = [("BiLSTM, distilled (Tang et al.)", distilled, r_kd["test"]["accuracy"]),
                 ("BiLSTM, hard labels only", hard, r_hard["test"]["accuracy"])] + rows
@@ -226,8 +226,7 @@ def run_demo(args) -> int:
     for name, model, acc in students:
         model.cpu().eval()
         bert = name.startswith("BERT")  # transformer students read the teacher's tokens
-        speed, acc2 = _measure(model.forward_batch, test_ex if bert else student_ex,
-                               "t_ids" if bert else "s_ids")
+        speed, acc2 = _measure(model.forward_batch, test_ex if bert else student_ex)
         assert abs(acc2 - acc) < 1e-6, (name, acc, acc2)  # the same model as the trainer's
         table.append((name, model, acc, speed))
     lines = ["| model | test accuracy | parameters | without embeddings | CPU sentences/s | speed-up |",

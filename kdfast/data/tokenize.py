@@ -121,10 +121,9 @@ def length_grouped(order: list, lengths, batch_size: int, generator, window: int
     return [i for b in shuffled + tail for i in b]
 
 
-def length_batches(examples, batch_size: int, key: str = "t_ids"):
-    """Index batches of similar length (for fast inference; training shuffles instead)."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].get(key) or
-                                                           examples[i].get("s_ids")))
+def length_batches(examples, batch_size: int):
+    """Index batches of similar length (for fast inference; training uses length_grouped)."""
+    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

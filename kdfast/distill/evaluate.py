@@ -67,7 +67,7 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     data = getattr(task, split)
     examples = encode(load_tokenizer(str(path)), data.texts, data.texts_b, data.labels,
                       max_len=max_len)
-    order = length_batches(examples, batch_size, "t_ids")
+    order = length_batches(examples, batch_size)
     batches = [to_device(collate([examples[i] for i in idx]), device) for idx in order]
     model.forward_batch(batches[0])
     if device.type == "cuda":

@@ -134,7 +134,7 @@ def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None 
     teacher.to(device).eval()
     logits = [None] * len(examples)
     vecs = [None] * len(examples)
-    batches = length_batches(examples, batch_size, "t_ids")
+    batches = length_batches(examples, batch_size)
     it = batches
     if progress:
         from tqdm.auto import tqdm

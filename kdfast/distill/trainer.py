@@ -412,7 +412,7 @@ class Distiller:
         was = model.training
         model.eval()
         outs = [None] * len(data)
-        for idx in length_batches(data, self.cfg.eval_batch_size, "s_ids" if "s_ids" in data[0] else "t_ids"):
+        for idx in length_batches(data, self.cfg.eval_batch_size):
             batch = to_device(collate([data[i] for i in idx]), self.device)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                 out = model.forward_batch(batch).float().cpu()
