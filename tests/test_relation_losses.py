@@ -427,3 +427,91 @@ def test_capture_qkv_gives_the_captured_scores():
     with pytest.raises(ValueError, match="BERT-family"):
         with capture_qkv(torch.nn.Linear(2, 2)):
             pass
+
+
+# ------------------------------------------------------------------ GPU (skipped without CUDA)
+GPU_BACKENDS = ["cuda", "triton"]
+
+
+def _gpu_backend(backend):
+    if not _ext.has(backend):
+        pytest.skip(f"{backend} unavailable: {_ext.why_missing(backend)}")
+    return backend
+
+
+def _cuda(xs):
+    return [x.cuda() for x in xs]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("which", ["kl", "tinybert", "masked"])
+@pytest.mark.parametrize("shape", [(4, 2, 19, 5, 7), (4, 1, 70, 33, 12), (2, 3, 130, 64, 256),
+                                   (1, 1, 1, 1, 1)])
+def test_gpu_backend_matches_reference_float64(backend, which, shape):
+    # shape (B, H, L, d_s, d_t): L off every tile, d_s != d_t, a head dim at the 256 limit
+    b, h, length, ds, dt = shape
+    gen = _gen(31)
+    student, teacher = _cuda(_proj(gen, b, h, length, ds)), _cuda(_proj(gen, b, h, length, dt))
+    _float64_vs_reference(which, student, teacher, _ragged_mask(b, length).cuda(),
+                          _gpu_backend(backend), grad_atol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_low_precision_inputs_accumulate_in_fp32(backend, dtype):
+    gen = _gen(32)
+    qs, ks = _cuda(_proj(gen, 2, 2, 75, 32, dtype=dtype))
+    qt, kt = _cuda(_proj(gen, 2, 2, 75, 64, dtype=dtype))
+    mask = _ragged_mask(2, 75).cuda()
+    up = [x.double() for x in (qs, ks, qt, kt)]
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    for fn, kw in ((attention_kl_qk, {}), (attention_mse_qk, {"mode": "tinybert"})):
+        got, got_g = _loss_and_grads(fn, [qs, ks], [qt, kt], attention_mask=mask,
+                                     backend=_gpu_backend(backend), **kw)
+        want, want_g = _loss_and_grads(fn, up[:2], up[2:], attention_mask=mask, backend="reference",
+                                       **kw)
+        assert got.dtype == torch.float32 and all(g.dtype == dtype for g in got_g)
+        _close(got.double(), want, rtol=1e-5, atol=1e-6)
+        for g, w in zip(got_g, want_g):
+            _close(g.double(), w, rtol=tol, atol=tol * w.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_nan_padding_and_all_padding(backend):
+    backend = _gpu_backend(backend)
+    gen = _gen(33)
+    qs, ks, qt, kt = _cuda(_proj(gen, 2, 2, 40, 16, dtype=torch.float32, n=4))
+    mask = _ragged_mask(2, 40).cuda()  # row 1: positions 21.. padded
+    bad_pad, bad_real = ks.clone(), ks.clone()
+    bad_pad[1, :, 30] = float("nan")
+    bad_real[0, 0, 2] = float("nan")
+    for fn, kw in ((attention_kl_qk, {}), (attention_mse_qk, {"mode": "masked"}),
+                   (attention_mse_qk, {"mode": "tinybert"})):
+        assert torch.isfinite(fn(qs, bad_pad, qt, kt, attention_mask=mask, backend=backend, **kw))
+        assert torch.isnan(fn(qs, bad_real, qt, kt, attention_mask=mask, backend=backend, **kw))
+    a = qs.clone().requires_grad_()
+    loss = attention_kl_qk(a, ks, qt, kt, attention_mask=torch.zeros(2, 40, device="cuda"),
+                           backend=backend)
+    loss.backward()
+    assert loss.item() == 0 and (a.grad == 0).all()
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_and_compile():
+    if not _ext.has("cuda"):
+        pytest.skip(f"cuda unavailable: {_ext.why_missing('cuda')}")
+    for kind in (0, 1, 2):
+        args = _op_args(True, kind)
+        args = ([x.detach().cuda().requires_grad_() for x in args[0]], _cuda(args[1]),
+                None if args[2] is None else args[2].cuda(), args[3].cuda(), kind, True)
+        torch.library.opcheck(rel_ops.compiled_op().default, args)
+    gen = _gen(34)
+    qs, ks, qt, kt = _cuda(_proj(gen, 2, 2, 33, 8, dtype=torch.float32, n=4))
+    mask = _ragged_mask(2, 33).cuda()
+    for backend in GPU_BACKENDS:
+        f = lambda a, b, be=backend: attention_kl_qk(a, b, qt, kt, attention_mask=mask, backend=be)  # noqa: E731
+        torch._dynamo.reset()
+        _close(torch.compile(f, fullgraph=True)(qs, ks), f(qs, ks))

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kdfast/cpu_math.h"
+#include "kdfast/relation_torch.h"
 #include "kdfast/score_tile.h"
 
 namespace kdfast::cpu {
@@ -439,33 +440,11 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
 std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cpu(
     at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
     const at::Tensor& scale, int64_t kind, bool compute_grad) {
-  TORCH_CHECK(student.size() == 2 && teacher.size() == 2,
-              "relation_loss: student and teacher must be pairs [A, B]");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "relation_loss: kind must be 0, 1 or 2, got ", kind);
+  const auto acc_type = check_relation_loss_args(student, teacher, mask, scale, kind);
   const auto dtype = student[0].scalar_type();
-  for (const auto& x : {student[0], student[1], teacher[0], teacher[1]}) {
-    TORCH_CHECK(x.dim() == 4, "relation_loss: inputs must be [B, R, L, d], got ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == dtype, "relation_loss: dtype mismatch");
-    TORCH_CHECK(x.device().is_cpu(), "relation_loss: CPU tensors expected");
-  }
-  TORCH_CHECK(student[0].sizes() == student[1].sizes() && teacher[0].sizes() == teacher[1].sizes(),
-              "relation_loss: A and B of a pair must have the same shape");
-  TORCH_CHECK(student[0].size(0) == teacher[0].size(0) && student[0].size(1) == teacher[0].size(1) &&
-                  student[0].size(2) == teacher[0].size(2),
-              "relation_loss: student and teacher must share [B, R, L]");
-  TORCH_CHECK(student[0].size(3) >= 1 && teacher[0].size(3) >= 1, "relation_loss: head dim >= 1");
-  const auto acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<at::Tensor> s{student[0].contiguous(), student[1].contiguous()};
   std::vector<at::Tensor> t{teacher[0].contiguous(), teacher[1].contiguous()};
-  at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == acc_type && m.dim() == 2 && m.size(0) == s[0].size(0) &&
-                    m.size(1) == s[0].size(2),
-                "relation_loss: mask must be [B, L] of the accumulation dtype");
-  }
-  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == acc_type,
-              "relation_loss: scale must be one element of the accumulation dtype");
+  const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto sc = scale.contiguous();
   std::vector<at::Tensor> g;
   if (compute_grad) {

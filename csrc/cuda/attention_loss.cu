@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "kdfast/attention_loss_cuda.h"
-#include "kdfast/cuda_convert.cuh"
+#include "kdfast/cuda_math.cuh"
 
 namespace kdfast::cuda {
 namespace {
@@ -23,30 +23,6 @@ struct Params {
   const T* t[kAttnMaxLayers];
   T* g[kAttnMaxLayers];
 };
-
-template <class T, class Acc>
-__device__ __forceinline__ void store(T* p, Acc v) { *p = from_acc<T>(v); }
-template <>
-__device__ __forceinline__ void store<double, double>(double* p, double v) { *p = v; }
-
-__device__ __forceinline__ float exp_acc(float x) { return __expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-__device__ __forceinline__ float log_acc(float x) { return __logf(x); }
-__device__ __forceinline__ double log_acc(double x) { return log(x); }
-
-template <class Acc>
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-template <class Acc>
-__device__ __forceinline__ Acc warp_max(Acc v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 template <class T, class Acc, int KIND>
 __global__ void __launch_bounds__(32 * kAttnRowsPerBlock)

@@ -9,7 +9,9 @@ kdfast.reference.relation for the definition). The kernels never materialise an 
   parallel over (B*R, query blocks) for the loss and dA, then over (B*R, key blocks) for dB;
   with at least two planes per thread, one pass per plane that accumulates dB as well;
 * ``kdfast::relation_loss_triton`` (kdfast/triton/relation.py), the same two-kernel scheme;
-* no CUDA C++ kernel yet: on CUDA tensors ``auto`` picks Triton.
+* the same op on CUDA tensors (kdfast._cuda, csrc/cuda/relation.cu): the two-kernel scheme in
+  SIMT form. ``auto`` picks Triton first on CUDA tensors until the GPU measurements decide
+  (the CUDA kernel has only been compiled, never run, so far).
 
 Both compiled ops compute the student gradient in the forward pass when asked
 (``compute_grad``) and share the fused-gradient autograd rule of kdfast.ops._fused. When the
@@ -27,7 +29,7 @@ from kdfast.reference.relation import relation_loss as _reference_loss
 
 FAMILY = "the relation losses (attention from Q/K, value relations)"
 OP = "relation_loss"
-PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
+PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 
 # Shape limits of the kernels (checked in kdfast.losses.relation before any kernel runs).
 MAX_HEAD_DIM = 256
@@ -94,10 +96,10 @@ relation_loss_triton = _fused.custom_op("relation_loss_triton", _triton_impl, **
 def resolve(backend: str, device: torch.device) -> str:
     """The backend that will run (ValueError for an explicit one that cannot)."""
     name = _backend.resolve(backend, device, PREFERENCE, family=FAMILY)
-    if name == "cpu" and compiled_op() is None:
-        if backend == "cpu":
+    if name in ("cpu", "cuda") and compiled_op() is None:
+        if backend == name:
             raise ValueError(
-                "backend 'cpu' for the relation losses needs torch.ops.kdfast.relation_loss, "
+                f"backend {name!r} for the relation losses needs torch.ops.kdfast.relation_loss, "
                 "which this kdfast._C was built without (rebuild: pip install -e .)")
         name = "reference"
     return name
@@ -110,6 +112,6 @@ def relation_loss(student, teacher, mask, scale, kind: int, backend: str = "auto
     if name == "reference" or any(t.requires_grad for t in teacher):
         return _reference(student, teacher, mask, scale, kind)[0]
     compute_grad = torch.is_grad_enabled() and any(s.requires_grad for s in student)
-    op = compiled_op() if name == "cpu" else relation_loss_triton
+    op = compiled_op() if name in ("cpu", "cuda") else relation_loss_triton
     loss, _ = op(student, teacher, mask, scale, int(kind), compute_grad)
     return loss[0]
