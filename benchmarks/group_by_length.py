@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -95,7 +93,7 @@ def main() -> int:
     p.add_argument("--name", default="group-by-length-cpu")
     args = p.parse_args()
 
-    from kdfast.bench.harness import machine
+    from kdfast.bench.harness import write_report
     from kdfast.distill import plumbing
 
     task = plumbing.as_task(args.task)
@@ -110,28 +108,23 @@ def main() -> int:
     for recipe in args.recipes:
         rows.append(measure(recipe, teacher, tokenizer, task, examples))
         print(json.dumps(rows[-1]), flush=True)
-    m = machine()
-    m["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(
-        {"machine": m, "task": args.task, "examples": len(examples), "mean_tokens": real,
-         "rows": rows}, indent=1))
-    lines = ["# One epoch of training steps: length-grouped vs random batches (CPU)", "",
-             "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()) + ".", "",
-             f"Written by `benchmarks/group_by_length.py` (its docstring says what is timed). "
-             f"Task {args.task}: {len(examples)} training sentences, {real:.1f} teacher tokens "
-             "on average; batch 32; one epoch each way, steps interleaved in one process.", "",
-             "| step | batches | padded tokens random / grouped | epoch s random | epoch s "
-             "grouped | speed-up | median s random / grouped | p90 s random / grouped |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        a, b = r["random"], r["grouped"]
-        lines.append(f"| {r['recipe']} | {r['batches']} | {a['padded_len']:.1f} / "
-                     f"{b['padded_len']:.1f} | {a['epoch_s']:.1f} | {b['epoch_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {a['median_s']:.3f} / {b['median_s']:.3f} | "
-                     f"{a['p90_s']:.3f} / {b['p90_s']:.3f} |")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    cells = [[r["recipe"], str(r["batches"]),
+              f"{r['random']['padded_len']:.1f} / {r['grouped']['padded_len']:.1f}",
+              f"{r['random']['epoch_s']:.1f}", f"{r['grouped']['epoch_s']:.1f}",
+              f"{r['speedup']:.2f}x",
+              f"{r['random']['median_s']:.3f} / {r['grouped']['median_s']:.3f}",
+              f"{r['random']['p90_s']:.3f} / {r['grouped']['p90_s']:.3f}"] for r in rows]
+    write_report(
+        args.results, args.name,
+        title="One epoch of training steps: length-grouped vs random batches (CPU)",
+        about=f"Written by `benchmarks/group_by_length.py` (its docstring says what is timed). "
+              f"Task {args.task}: {len(examples)} training sentences, {real:.1f} teacher tokens "
+              "on average; batch 32; one epoch each way, steps interleaved in one process.",
+        columns=["step", "batches", "padded tokens random / grouped", "epoch s random",
+                 "epoch s grouped", "speed-up", "median s random / grouped",
+                 "p90 s random / grouped"],
+        align="lrrrrrrr", cells=cells,
+        data={"task": args.task, "examples": len(examples), "mean_tokens": real, "rows": rows})
     return 0
 
 

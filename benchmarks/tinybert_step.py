@@ -104,7 +104,7 @@ def main() -> int:
         print(json.dumps(peak_rss_growth(int(args.memory_child[0]), args.memory_child[1])))
         return 0
 
-    from kdfast.bench.harness import machine, median_p90
+    from kdfast.bench.harness import median_p90, write_report
 
     rows = []
     for length in args.lengths:
@@ -127,27 +127,21 @@ def main() -> int:
                          "peak_rss_growth_mib": json.loads(child.stdout.strip().splitlines()[-1]),
                          "steps": len(times[form])})
             print(rows[-1], flush=True)
-    m = machine()
-    m["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"machine": m, "rows": rows},
-                                                              indent=1))
-    lines = ["# One TinyBERT task-distillation step: SDPA + Q/K losses vs eager + score maps (CPU)",
-             "", "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()) + ".", "",
-             "Written by `benchmarks/tinybert_step.py` (its docstring says what a step is). "
-             "Batch 32, student 3x192 (12 heads, FFN 768), teacher all-MiniLM-L6-v2, mode "
-             "masked. Median / p90 over interleaved steps; peak = how far the RSS peaks above "
-             "its level between steps, over 3 steps in a fresh process.", "",
-             "| L (padded) | form | median s | p90 s | steps | peak extra MiB | scores / qk "
-             "(median) |", "|---:|---|---:|---:|---:|---:|---:|"]
-    by = {(r["L"], r["form"]): r for r in rows}
-    for r in rows:
-        ratio = by[(r["L"], "scores")]["median_s"] / by[(r["L"], "qk")]["median_s"]
-        lines.append(f"| {r['L_real']} | {r['form']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
-                     f"{r['steps']} | {r['peak_rss_growth_mib']:.0f} | "
-                     f"{ratio if r['form'] == 'scores' else 1.0:.2f}x |")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    qk = {r["L"]: r["median_s"] for r in rows if r["form"] == "qk"}
+    cells = [[str(r["L_real"]), r["form"], f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+              str(r["steps"]), f"{r['peak_rss_growth_mib']:.0f}",
+              f"{r['median_s'] / qk[r['L']] if r['form'] == 'scores' else 1.0:.2f}x"]
+             for r in rows]
+    write_report(
+        args.results, args.name,
+        title="One TinyBERT task-distillation step: SDPA + Q/K losses vs eager + score maps (CPU)",
+        about="Written by `benchmarks/tinybert_step.py` (its docstring says what a step is). "
+              "Batch 32, student 3x192 (12 heads, FFN 768), teacher all-MiniLM-L6-v2, mode "
+              "masked. Median / p90 over interleaved steps; peak = how far the RSS peaks above "
+              "its level between steps, over 3 steps in a fresh process.",
+        columns=["L (padded)", "form", "median s", "p90 s", "steps", "peak extra MiB",
+                 "scores / qk (median)"],
+        align="rlrrrrr", cells=cells, data={"rows": rows})
     return 0
 
 

@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -199,6 +200,26 @@ def write(rows: list[dict], out_dir: str, name: str, meta: dict, notes: str = ""
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(rows, impls, keys, os.path.join(out_dir, f"{name}.png"), name)
+    return path
+
+
+def write_report(out_dir, name: str, *, title: str, about: str, columns: list[str],
+                 align: str, cells: list[list[str]], data: dict) -> Path:
+    """A measurement that is not an op-vs-op table: ``name.json`` (``data`` plus the machine)
+    and ``name.md`` (title, machine line, ``about``, one table; ``align`` has one ``l`` or
+    ``r`` per column) under ``out_dir``. Returns the markdown path."""
+    m = machine()
+    m["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"machine": m, **data}, indent=1))
+    rule = {"l": "---", "r": "---:"}
+    lines = [f"# {title}", "", "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()) + ".",
+             "", about, "", "| " + " | ".join(columns) + " |",
+             "|" + "|".join(rule[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
