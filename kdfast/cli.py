@@ -150,8 +150,8 @@ OPTIONS = {
     "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
                 ("mse", "kl", "soft_ce", "ce")),
     "alpha": Opt(None, FRACTION, "weight of the hard-label CE term, 1 - alpha on the soft term "
-                                 "[tang, sra: 0; tinybert, etd step 2: 0.5, 0 for "
-                                 "regression]"),
+                                 "[tang, sra --stage2 tang, tinybert and etd step 2: "
+                                 "0.5, 0 for regression]"),
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),

@@ -3,6 +3,7 @@ sentences, the step-2 hard-label mix, Tang's transfer-set size, and the task for
 ``movie-fine`` / ``NAME@N``. Tiny models and synthetic data; the real-task numbers are in
 benchmarks/results/recipes-tasks.md (benchmarks/recipes_tasks.py)."""
 import csv
+import importlib
 import time
 
 import _tiny
@@ -12,7 +13,7 @@ import torch
 from kdfast.data.tasks import load_task
 from kdfast.distill import plumbing, task_distill
 from kdfast.distill.objectives import TinyBERTLoss
-from kdfast.distill.tang import TRANSFER_BUDGET, default_n_iter
+from kdfast.distill.tang import TANG_ALPHA, TRANSFER_BUDGET, TangOptions, default_n_iter
 from kdfast.distill.tinybert import (STEP1_TRAIN, STEP2_TRAIN, prediction_pool, sized_in_sentences,
                                      step2_lr, transfer_examples)
 from kdfast.models import TransformerStudent
@@ -251,6 +252,29 @@ def test_prediction_hard_label_mix_skips_unlabelled_examples():
         TinyBERTLoss(st, cfg, stage="prediction", alpha=1.5)
     with pytest.raises(ValueError, match="prediction stage"):
         TinyBERTLoss(st, cfg, stage="intermediate", alpha=0.5)
+
+
+def test_tang_mixes_the_hard_labels_in_by_default(tmp_path, monkeypatch):
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _tiny.teacher(tok)
+    teacher.has_trained_head = True
+    task = _tiny.task(16)
+    tang_recipe = importlib.import_module("kdfast.distill.tang")  # the module, not the function
+    used, real = [], tang_recipe.LogitLoss
+    monkeypatch.setattr(tang_recipe, "LogitLoss",
+                        lambda kind, alpha, t: used.append(alpha) or real(kind, alpha, t))
+    fast = dict(tokenizer=tok, n_iter=1, epochs=1, lstm_hidden_size=8, fc_size=8,
+                progress=False, report_to="none")
+    for given, expected in ((None, TANG_ALPHA), (0.0, 0.0), (0.3, 0.3)):
+        _, res = tang_recipe.tang(teacher, task, None, alpha=given, **fast)
+        assert used[-1] == expected == res["config"]["alpha"]
+    assert TANG_ALPHA == 0.5
+    # the hard-label baseline and regression tasks: no mix unless given
+    assert TangOptions(loss="ce").alpha_for(task) == 0.0
+    assert TangOptions().alpha_for(type("Regression", (), {"num_labels": 1})) == 0.0
+    assert TangOptions().alpha_for(None) is None  # before the task is loaded
+    with pytest.raises(ValueError, match="alpha"):
+        TangOptions(alpha=1.5).check()
 
 
 def test_tang_transfer_set_size():

@@ -58,12 +58,12 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
     shared = {k: train[k] for k in ("log_every", "device", "amp", "report_to") if k in train}
     cfg1 = plumbing.train_config(SRA_STAGE1, common, shared, stage1, {"patience": None})
     cfg1.patience = None  # no dev set in stage 1
-    opts2.train_config(False, dict(train, **common))  # stage 2's options fail here, early
+    opts2.train_config(None, dict(train, **common))  # stage 2's options fail here, early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
 
     task = plumbing.as_task(task)
-    cfg2 = opts2.train_config(task.is_pair, dict(train, **common,
-                                                 metric=train.get("metric") or task.metric))
+    cfg2 = opts2.train_config(task, dict(train, **common,
+                                         metric=train.get("metric") or task.metric))
     s1_teacher, tokenizer, s1_path = plumbing.load_teacher_and_tokenizer(
         sra_teacher if sra_teacher is not None else teacher, tokenizer,
         num_labels=task.num_labels)
