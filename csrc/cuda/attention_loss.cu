@@ -159,15 +159,15 @@ int launch_typed(int64_t n_layers, const void* const* s, const void* const* t, v
 
 }  // namespace
 
-int attention_loss_launch(int dtype, int64_t n_layers, const void* const* s, const void* const* t,
+int attention_loss_launch(Dtype dtype, int64_t n_layers, const void* const* s, const void* const* t,
                           void* const* g, const void* mask, const void* scale, void* partial,
                           int64_t B, int64_t H, int64_t L, int kind, double inv_t,
                           cudaStream_t stream) {
   switch (dtype) {
-    case ATTN_F32: return launch_typed<float, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
-    case ATTN_F64: return launch_typed<double, double>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
-    case ATTN_BF16: return launch_typed<__nv_bfloat16, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
-    case ATTN_F16: return launch_typed<__half, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
+    case Dtype::kFloat32: return launch_typed<float, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
+    case Dtype::kFloat64: return launch_typed<double, double>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
+    case Dtype::kBFloat16: return launch_typed<__nv_bfloat16, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
+    case Dtype::kFloat16: return launch_typed<__half, float>(n_layers, s, t, g, mask, scale, partial, B, H, L, kind, inv_t, stream);
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
 }

@@ -10,20 +10,11 @@
 #include <vector>
 
 #include "kdfast/attention_loss_cuda.h"
+#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/attention_loss_torch.h"
 
 namespace kdfast::cuda {
 namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return ATTN_F32;
-    case at::kDouble: return ATTN_F64;
-    case at::kBFloat16: return ATTN_BF16;
-    case at::kHalf: return ATTN_F16;
-    default: TORCH_CHECK(false, "attention_loss: unsupported dtype ", t);
-  }
-}
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cuda(
     at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
@@ -53,7 +44,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cuda(
   const int64_t blocks = attention_loss_blocks(B * H * L);
   auto partial = at::empty({n, blocks}, s[0].options().dtype(acc_type));
   const int err = attention_loss_launch(
-      dtype_code(dtype), n, sp.data(), tp.data(), compute_grad ? gp.data() : nullptr,
+      cuda_dtype(dtype, "attention_loss"), n, sp.data(), tp.data(), compute_grad ? gp.data() : nullptr,
       m.defined() ? m.const_data_ptr() : nullptr, sc.const_data_ptr(), partial.mutable_data_ptr(),
       B, H, L, static_cast<int>(kind), 1.0 / temperature, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == 0, "attention_loss: CUDA launch failed: ",

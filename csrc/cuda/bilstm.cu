@@ -273,22 +273,22 @@ int backward_t(const BilstmBackwardArgs& a, cudaStream_t stream) {
 size_t bilstm_forward_workspace(int B, int H) { return static_cast<size_t>(6) * B * H; }
 size_t bilstm_backward_workspace(int B, int H) { return static_cast<size_t>(20) * B * H; }
 
-int bilstm_forward(const BilstmForwardArgs& a, int dtype, void* stream) {
+int bilstm_forward(const BilstmForwardArgs& a, Dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case BILSTM_F32: return forward_t<float>(a, s);
-    case BILSTM_BF16: return forward_t<__nv_bfloat16>(a, s);
-    case BILSTM_F16: return forward_t<__half>(a, s);
+    case Dtype::kFloat32: return forward_t<float>(a, s);
+    case Dtype::kBFloat16: return forward_t<__nv_bfloat16>(a, s);
+    case Dtype::kFloat16: return forward_t<__half>(a, s);
     default: return cudaErrorInvalidValue;
   }
 }
 
-int bilstm_backward(const BilstmBackwardArgs& a, int dtype, void* stream) {
+int bilstm_backward(const BilstmBackwardArgs& a, Dtype dtype, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case BILSTM_F32: return backward_t<float>(a, s);
-    case BILSTM_BF16: return backward_t<__nv_bfloat16>(a, s);
-    case BILSTM_F16: return backward_t<__half>(a, s);
+    case Dtype::kFloat32: return backward_t<float>(a, s);
+    case Dtype::kBFloat16: return backward_t<__nv_bfloat16>(a, s);
+    case Dtype::kFloat16: return backward_t<__half>(a, s);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -8,19 +8,17 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kdfast/bilstm_cuda.h"
+#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/bilstm_torch.h"
 
 namespace kdfast::cuda {
 namespace {
 
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return BILSTM_F32;
-    case at::kBFloat16: return BILSTM_BF16;
-    case at::kHalf: return BILSTM_F16;
-    default: TORCH_CHECK(false, "bilstm_layer (CUDA): dtype must be float32, bfloat16 or float16, got ", t);
-  }
-  return -1;
+// No float64 kernel: the recurrence keeps fp32 state and math on fp32/bf16/fp16 storage.
+Dtype bilstm_dtype(at::ScalarType t) {
+  TORCH_CHECK(t != at::kDouble,
+              "bilstm_layer (CUDA): dtype must be float32, bfloat16 or float16, got ", t);
+  return cuda_dtype(t, "bilstm_layer (CUDA)");
 }
 
 void check_layer(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -38,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
     const at::Tensor& h0, const at::Tensor& c0, bool train) {
   check_layer(x, w_ih, w_hh, bias, lengths, h0, c0);
-  const int code = dtype_code(x.scalar_type());
+  const Dtype dtype = bilstm_dtype(x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
   const auto opt = x.options();
@@ -71,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_la
   a.hn = hn.mutable_data_ptr();
   a.cn = cn.mutable_data_ptr();
   a.work = work.mutable_data_ptr<float>();
-  const int err = bilstm_forward(a, code, at::cuda::getCurrentCUDAStream().stream());
+  const int err = bilstm_forward(a, dtype, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "bilstm_layer (CUDA): ", bilstm_error_string(err));
   auto gates = train ? gx.view({B, steps, 8 * H}) : at::empty({0}, opt);
   return {out, hn, cn, gates, cells};
@@ -85,7 +83,7 @@ bilstm_layer_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_hn
                            const at::Tensor& gates, const at::Tensor& cells, bool need_dx,
                            bool need_dbias) {
   check_layer(x, w_ih, w_hh, std::nullopt, lengths, h0, c0);
-  const int code = dtype_code(x.scalar_type());
+  const Dtype dtype = bilstm_dtype(x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), steps = x.size(1), I = x.size(2), H = w_hh.size(2);
   TORCH_CHECK(gates.sizes() == at::IntArrayRef({B, steps, 8 * H}) &&
@@ -126,7 +124,7 @@ bilstm_layer_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_hn
   a.dh0 = dh0.mutable_data_ptr();
   a.dc0 = dc0.mutable_data_ptr();
   a.work = work.mutable_data_ptr<float>();
-  const int err = bilstm_backward(a, code, at::cuda::getCurrentCUDAStream().stream());
+  const int err = bilstm_backward(a, dtype, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "bilstm_layer_backward (CUDA): ", bilstm_error_string(err));
   // Weight and input gradients: large GEMMs over all (b, t), no per-step atomics.
   const auto x2 = x.reshape({B * steps, I});

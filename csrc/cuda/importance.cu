@@ -96,13 +96,13 @@ cudaError_t launch(const void* a, const void* g, void* partial, void* out, int64
 }  // namespace
 
 cudaError_t unit_taylor_launch(const void* a, const void* g, void* partial, void* out,
-                               int64_t rows, int64_t K, int64_t units, UnitDtype dtype,
+                               int64_t rows, int64_t K, int64_t units, Dtype dtype,
                                cudaStream_t stream) {
   switch (dtype) {
-    case UNIT_F32: return launch<float>(a, g, partial, out, rows, K, units, stream);
-    case UNIT_F64: return launch<double>(a, g, partial, out, rows, K, units, stream);
-    case UNIT_BF16: return launch<__nv_bfloat16>(a, g, partial, out, rows, K, units, stream);
-    case UNIT_F16: return launch<__half>(a, g, partial, out, rows, K, units, stream);
+    case Dtype::kFloat32: return launch<float>(a, g, partial, out, rows, K, units, stream);
+    case Dtype::kFloat64: return launch<double>(a, g, partial, out, rows, K, units, stream);
+    case Dtype::kBFloat16: return launch<__nv_bfloat16>(a, g, partial, out, rows, K, units, stream);
+    case Dtype::kFloat16: return launch<__half>(a, g, partial, out, rows, K, units, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -6,6 +6,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/importance_cuda.h"
 
 namespace kdfast::cuda {
@@ -19,14 +20,7 @@ at::Tensor unit_taylor_cuda(const at::Tensor& act, const at::Tensor& grad, int64
   TORCH_CHECK(act.scalar_type() == grad.scalar_type(), "unit_taylor: dtype mismatch");
   const int64_t K = act.size(-1);
   TORCH_CHECK(units >= 1 && K % units == 0, "unit_taylor: units must divide the last dim");
-  UnitDtype dtype;
-  switch (act.scalar_type()) {
-    case at::kFloat: dtype = UNIT_F32; break;
-    case at::kDouble: dtype = UNIT_F64; break;
-    case at::kBFloat16: dtype = UNIT_BF16; break;
-    case at::kHalf: dtype = UNIT_F16; break;
-    default: TORCH_CHECK(false, "unit_taylor: unsupported dtype ", act.scalar_type());
-  }
+  const Dtype dtype = cuda_dtype(act.scalar_type(), "unit_taylor");
   const c10::cuda::CUDAGuard guard(act.device());
   const auto acc_type = act.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto a = act.contiguous(), g = grad.contiguous();

@@ -335,18 +335,18 @@ int launch_dtype(const void* a_s, const void* b_s, const void* a_t, const void* 
 
 }  // namespace
 
-int relation_loss_launch(int dtype, const void* a_s, const void* b_s, const void* a_t,
+int relation_loss_launch(Dtype dtype, const void* a_s, const void* b_s, const void* a_t,
                          const void* b_t, void* ga, void* gb, const void* mask, const void* scale,
                          void* partial, void* lse, int64_t B, int64_t R, int64_t L, int64_t ds,
                          int64_t dt, int kind, cudaStream_t stream) {
   switch (dtype) {
-    case REL_F32:
+    case Dtype::kFloat32:
       return launch_dtype<float, float>(a_s, b_s, a_t, b_t, ga, gb, mask, scale, partial, lse, B, R, L, ds, dt, kind, stream);
-    case REL_F64:
+    case Dtype::kFloat64:
       return launch_dtype<double, double>(a_s, b_s, a_t, b_t, ga, gb, mask, scale, partial, lse, B, R, L, ds, dt, kind, stream);
-    case REL_BF16:
+    case Dtype::kBFloat16:
       return launch_dtype<__nv_bfloat16, float>(a_s, b_s, a_t, b_t, ga, gb, mask, scale, partial, lse, B, R, L, ds, dt, kind, stream);
-    case REL_F16:
+    case Dtype::kFloat16:
       return launch_dtype<__half, float>(a_s, b_s, a_t, b_t, ga, gb, mask, scale, partial, lse, B, R, L, ds, dt, kind, stream);
     default: return static_cast<int>(cudaErrorInvalidValue);
   }

@@ -9,21 +9,12 @@
 
 #include <vector>
 
+#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/relation_cuda.h"
 #include "kdfast/relation_torch.h"
 
 namespace kdfast::cuda {
 namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return REL_F32;
-    case at::kDouble: return REL_F64;
-    case at::kBFloat16: return REL_BF16;
-    case at::kHalf: return REL_F16;
-    default: TORCH_CHECK(false, "relation_loss: unsupported dtype ", t);
-  }
-}
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cuda(
     at::TensorList student, at::TensorList teacher, const std::optional<at::Tensor>& mask,
@@ -50,7 +41,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cuda(
   auto partial = at::empty({B * R * relation_blocks(L)}, acc);
   const at::Tensor lse = kind == 2 && compute_grad ? at::empty({B * R * L * 2}, acc) : at::Tensor();
   const int err = relation_loss_launch(
-      dtype_code(as.scalar_type()), as.const_data_ptr(), bs.const_data_ptr(), at_.const_data_ptr(),
+      cuda_dtype(as.scalar_type(), "relation_loss"), as.const_data_ptr(), bs.const_data_ptr(), at_.const_data_ptr(),
       bt.const_data_ptr(), compute_grad ? g[0].mutable_data_ptr() : nullptr,
       compute_grad ? g[1].mutable_data_ptr() : nullptr, m.defined() ? m.const_data_ptr() : nullptr,
       sc.const_data_ptr(), partial.mutable_data_ptr(), lse.defined() ? lse.mutable_data_ptr() : nullptr,

@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/softmax_kd_params.h"
 #include "kdfast/softmax_kd_torch.h"
 
@@ -12,16 +13,6 @@ namespace kdfast::cuda {
 cudaError_t launch_kd_loss(const KdLossParams& p, cudaStream_t stream);
 
 namespace {
-
-Dtype dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return Dtype::kFloat32;
-    case at::kDouble: return Dtype::kFloat64;
-    case at::kBFloat16: return Dtype::kBFloat16;
-    case at::kHalf: return Dtype::kFloat16;
-    default: TORCH_CHECK(false, "kd_loss: unsupported dtype ", t);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                 const std::optional<at::Tensor>& labels,
@@ -47,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student, const
   p.cols = s.size(1);
   p.kind = static_cast<int>(kind);
   p.temperature = temperature;
-  p.dtype = dtype_of(s.scalar_type());
+  p.dtype = cuda_dtype(s.scalar_type(), "kd_loss");
   const cudaError_t err = launch_kd_loss(p, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "kd_loss: CUDA launch failed: ", cudaGetErrorString(err));
   return {loss, grad};

@@ -7,15 +7,16 @@
 //                      with save, overwritten by the activated gates (what backward reads)
 //   w_hh   [2, 4H, H]  out [B, T, 2H]   cells [B, T, 2H] (fp32)   h0/c0/h_n/c_n [2, B, H]
 //   lengths [B] int64 on the device, or null (every row has length T)
-// Storage dtype of gx/w_hh/out/h/c: 0 = fp32, 1 = bf16, 2 = fp16; state and math are fp32.
+// Storage dtype of gx/w_hh/out/h/c: fp32, bf16 or fp16 (no fp64 kernel); state and math are
+// fp32.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
-namespace kdfast::cuda {
+#include "kdfast/cuda_dtype.h"
 
-enum BilstmDtype : int { BILSTM_F32 = 0, BILSTM_BF16 = 1, BILSTM_F16 = 2 };
+namespace kdfast::cuda {
 
 struct BilstmForwardArgs {
   int B, T, H;
@@ -54,8 +55,8 @@ size_t bilstm_forward_workspace(int B, int H);
 size_t bilstm_backward_workspace(int B, int H);
 
 // Each returns 0 on success, else a cudaError_t value (bilstm_error_string explains it).
-int bilstm_forward(const BilstmForwardArgs& args, int dtype, void* stream);
-int bilstm_backward(const BilstmBackwardArgs& args, int dtype, void* stream);
+int bilstm_forward(const BilstmForwardArgs& args, Dtype dtype, void* stream);
+int bilstm_backward(const BilstmBackwardArgs& args, Dtype dtype, void* stream);
 const char* bilstm_error_string(int code);
 
 }  // namespace kdfast::cuda

@@ -4,11 +4,11 @@
 
 #include <cstdint>
 
+#include "kdfast/cuda_dtype.h"
+
 #include <cuda_runtime_api.h>
 
 namespace kdfast::cuda {
-
-enum UnitDtype : int { UNIT_F32 = 0, UNIT_F64 = 1, UNIT_BF16 = 2, UNIT_F16 = 3 };
 
 // Rows per partial sum: at least 256, more when needed to keep the chunk count within the
 // grid's y limit (65535). The glue allocates unit_taylor_chunks(rows) * K accumulators.
@@ -22,10 +22,10 @@ inline int64_t unit_taylor_chunks(int64_t rows) {
 }
 
 // out[u] = sum_{t, j in unit u} a[t, k] * g[t, k] for contiguous a, g [rows, K].
-// `partial` (chunks * K accumulators) and `out` (units) are float, or double for UNIT_F64.
+// `partial` (chunks * K accumulators) and `out` (units) are float, or double for kFloat64.
 // Deterministic: fixed-order reductions, no atomics.
 cudaError_t unit_taylor_launch(const void* a, const void* g, void* partial, void* out,
-                               int64_t rows, int64_t K, int64_t units, UnitDtype dtype,
+                               int64_t rows, int64_t K, int64_t units, Dtype dtype,
                                cudaStream_t stream);
 
 }  // namespace kdfast::cuda

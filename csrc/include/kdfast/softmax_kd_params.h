@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
-namespace kdfast {
+#include "kdfast/cuda_dtype.h"
 
-enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+namespace kdfast {
 
 struct KdLossParams {
   const void* student;        // [rows, cols], dtype
