@@ -8,8 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kdfast/bilstm_cuda.h"
-#include "kdfast/cuda_dtype_torch.h"
 #include "kdfast/bilstm_torch.h"
+#include "kdfast/cuda_dtype_torch.h"
 
 namespace kdfast::cuda {
 namespace {
