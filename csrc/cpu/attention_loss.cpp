@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kdfast/attention_loss_row.h"
+#include "kdfast/cpu_codec_torch.h"
 #include "kdfast/attention_loss_torch.h"
 
 namespace kdfast::cpu {
@@ -32,32 +33,32 @@ struct AttnArgs {
 };
 
 // Rows [begin, end) of the flattened (layer, b, h, q) space; row_loss gets one value per row.
-#define KDFAST_ATTN_ROWS(NAME, CODEC)                                                          \
-  KDFAST_CPU_CLONES void NAME(const AttnArgs<CODEC>& a, int64_t begin, int64_t end,            \
-                              CODEC::Acc* row_loss, CODEC::Acc* scratch) {                     \
-    using Acc = CODEC::Acc;                                                                    \
-    const int64_t L = a.L;                                                                     \
-    for (int64_t r = begin; r < end; ++r) {                                                    \
-      const int64_t layer = r / a.rows_per_layer, within = r % a.rows_per_layer;              \
-      const int64_t b = within / (a.H * L), q = within % L;                                    \
-      const Acc* wk = a.mask ? a.mask + b * L : nullptr;                                       \
-      const Acc c = a.mask ? a.scale * wk[q] : a.scale;                                        \
-      const CODEC::T* s = a.s[layer] + within * L;                                             \
-      const CODEC::T* t = a.t[layer] + within * L;                                             \
-      CODEC::T* g = a.g ? a.g[layer] + within * L : nullptr;                                   \
-      row_loss[r] = a.kind == ATTN_KL                                                          \
-                        ? attn_kl_row<CODEC>(s, t, g, wk, L, a.inv_t, c, scratch, scratch + L) \
-                        : attn_mse_row<CODEC>(s, t, g, wk, L, a.kind == ATTN_TINYBERT_MSE, c); \
-    }                                                                                          \
+#define KDFAST_ATTN_ROWS(CODEC)                                                                 \
+  KDFAST_CPU_CLONES void attn_rows(const AttnArgs<CODEC>& a, int64_t begin, int64_t end,        \
+                              CODEC::Acc* row_loss, CODEC::Acc* scratch) {                      \
+    using Acc = CODEC::Acc;                                                                     \
+    const int64_t L = a.L;                                                                      \
+    for (int64_t r = begin; r < end; ++r) {                                                     \
+      const int64_t layer = r / a.rows_per_layer, within = r % a.rows_per_layer;                \
+      const int64_t b = within / (a.H * L), q = within % L;                                     \
+      const Acc* wk = a.mask ? a.mask + b * L : nullptr;                                        \
+      const Acc c = a.mask ? a.scale * wk[q] : a.scale;                                         \
+      const CODEC::T* s = a.s[layer] + within * L;                                              \
+      const CODEC::T* t = a.t[layer] + within * L;                                              \
+      CODEC::T* g = a.g ? a.g[layer] + within * L : nullptr;                                    \
+      row_loss[r] = a.kind == ATTN_KL                                                           \
+                        ? attn_kl_row<CODEC>(s, t, g, wk, L, a.inv_t, c, scratch, scratch + L)  \
+                        : attn_mse_row<CODEC>(s, t, g, wk, L, a.kind == ATTN_TINYBERT_MSE, c);  \
+    }                                                                                           \
   }
-KDFAST_ATTN_ROWS(attn_rows_f32, F32)
-KDFAST_ATTN_ROWS(attn_rows_f64, F64)
-KDFAST_ATTN_ROWS(attn_rows_bf16, BF16)
-KDFAST_ATTN_ROWS(attn_rows_f16, F16)
+KDFAST_ATTN_ROWS(F32)
+KDFAST_ATTN_ROWS(F64)
+KDFAST_ATTN_ROWS(BF16)
+KDFAST_ATTN_ROWS(F16)
 #undef KDFAST_ATTN_ROWS
 
-template <class C, class Fn>
-at::Tensor launch(Fn rows, const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t,
+template <class C>
+at::Tensor launch(const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t,
                   std::vector<at::Tensor>& g, const at::Tensor& mask, const at::Tensor& scale,
                   int64_t kind, double temperature) {
   using T = typename C::T;
@@ -81,7 +82,7 @@ at::Tensor launch(Fn rows, const std::vector<at::Tensor>& s, const std::vector<a
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1));
   at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
     std::vector<Acc> scratch(kind == ATTN_KL ? 2 * L : 0);
-    rows(args, begin, end, out, scratch.data());
+    attn_rows(args, begin, end, out, scratch.data());
   });
   return row_loss.sum(1);
 }
@@ -106,14 +107,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> attention_loss_cpu(
   if (s[0].numel() == 0) {
     return {at::zeros({static_cast<int64_t>(s.size())}, s[0].options().dtype(acc_type)), g};
   }
-  at::Tensor loss;
-  switch (dtype) {
-    case at::kFloat: loss = launch<F32>(attn_rows_f32, s, t, g, m, sc, kind, temperature); break;
-    case at::kDouble: loss = launch<F64>(attn_rows_f64, s, t, g, m, sc, kind, temperature); break;
-    case at::kBFloat16: loss = launch<BF16>(attn_rows_bf16, s, t, g, m, sc, kind, temperature); break;
-    case at::kHalf: loss = launch<F16>(attn_rows_f16, s, t, g, m, sc, kind, temperature); break;
-    default: TORCH_CHECK(false, "attention_loss: unsupported dtype ", dtype);
-  }
+  const auto loss = with_codec(dtype, "attention_loss", [&](auto codec) {
+    return launch<decltype(codec)>(s, t, g, m, sc, kind, temperature);
+  });
   return {loss, g};
 }
 

@@ -11,24 +11,25 @@
 
 #include <vector>
 
+#include "kdfast/cpu_codec_torch.h"
 #include "kdfast/importance_rows.h"
 
 namespace kdfast::cpu {
 namespace {
 
-#define KDFAST_UNIT_ROWS(NAME, CODEC)                                                        \
-  KDFAST_CPU_CLONES void NAME(const CODEC::T* a, const CODEC::T* g, CODEC::Acc* acc,         \
-                              int64_t row_begin, int64_t row_end, int64_t K) {               \
-    unit_taylor_rows<CODEC>(a, g, acc, row_begin, row_end, K);                               \
+#define KDFAST_UNIT_ROWS(CODEC)                                                                 \
+  KDFAST_CPU_CLONES void unit_rows(const CODEC::T* a, const CODEC::T* g, CODEC::Acc* acc,       \
+                              int64_t row_begin, int64_t row_end, int64_t K) {                  \
+    unit_taylor_rows<CODEC>(a, g, acc, row_begin, row_end, K);                                  \
   }
-KDFAST_UNIT_ROWS(unit_rows_f32, F32)
-KDFAST_UNIT_ROWS(unit_rows_f64, F64)
-KDFAST_UNIT_ROWS(unit_rows_bf16, BF16)
-KDFAST_UNIT_ROWS(unit_rows_f16, F16)
+KDFAST_UNIT_ROWS(F32)
+KDFAST_UNIT_ROWS(F64)
+KDFAST_UNIT_ROWS(BF16)
+KDFAST_UNIT_ROWS(F16)
 #undef KDFAST_UNIT_ROWS
 
-template <class CODEC, class Fn>
-void launch(Fn rows, const at::Tensor& act, const at::Tensor& grad, at::Tensor& out, int64_t units) {
+template <class CODEC>
+void launch(const at::Tensor& act, const at::Tensor& grad, at::Tensor& out, int64_t units) {
   using T = typename CODEC::T;
   using Acc = typename CODEC::Acc;
   const int64_t K = act.size(-1);
@@ -42,7 +43,7 @@ void launch(Fn rows, const at::Tensor& act, const at::Tensor& grad, at::Tensor& 
   std::vector<Acc> partial(static_cast<size_t>(chunks * K), Acc(0));
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      rows(a, g, partial.data() + c * K, c * grain, std::min(T_rows, (c + 1) * grain), K);
+      unit_rows(a, g, partial.data() + c * K, c * grain, std::min(T_rows, (c + 1) * grain), K);
     }
   });
   Acc* o = out.mutable_data_ptr<Acc>();
@@ -67,13 +68,8 @@ at::Tensor unit_taylor_cpu(const at::Tensor& act, const at::Tensor& grad, int64_
   const auto acc_type = act.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto out = at::empty({units}, act.options().dtype(acc_type));
   const auto a = act.contiguous(), g = grad.contiguous();
-  switch (act.scalar_type()) {
-    case at::kFloat: launch<F32>(unit_rows_f32, a, g, out, units); break;
-    case at::kDouble: launch<F64>(unit_rows_f64, a, g, out, units); break;
-    case at::kBFloat16: launch<BF16>(unit_rows_bf16, a, g, out, units); break;
-    case at::kHalf: launch<F16>(unit_rows_f16, a, g, out, units); break;
-    default: TORCH_CHECK(false, "unit_taylor: unsupported dtype ", act.scalar_type());
-  }
+  with_codec(act.scalar_type(), "unit_taylor",
+             [&](auto codec) { launch<decltype(codec)>(a, g, out, units); });
   return out;
 }
 

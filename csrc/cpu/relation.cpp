@@ -30,7 +30,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "kdfast/cpu_math.h"
+#include "kdfast/cpu_codec_torch.h"
 #include "kdfast/relation_torch.h"
 #include "kdfast/score_tile.h"
 
@@ -357,47 +357,43 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
 }
 
 // One version of each task loop per ISA (function multiversioning, cpu_math.h), with its tile.
-#define KDFAST_REL_VERSION(ISA, TILE, FWD, PLANES, BWD, CODEC)                                  \
-  ISA void FWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) {   \
-    const int64_t Lp = (a.L + BK - 1) / BK * BK;                                               \
-    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, false);                                        \
-    for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);       \
-  }                                                                                            \
-  ISA void PLANES(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) { \
-    const int64_t Lp = (a.L + BK - 1) / BK * BK, nqb = (a.L + BQ - 1) / BQ;                    \
-    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, true);                                         \
-    for (int64_t p = begin; p < end; ++p) {                                                    \
-      std::fill_n(w.dkt, a.ds * Lp, CODEC::Acc(0));                                            \
-      for (int64_t t = p * nqb; t < (p + 1) * nqb; ++t)                                        \
-        task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);                                         \
-      store_db<CODEC>(a.gb + p * a.L * a.ds, w.dkt, Lp, a.L, a.ds);                            \
-    }                                                                                          \
-  }                                                                                            \
-  ISA void BWD(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {                          \
-    Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                        \
-    for (int64_t t = begin; t < end; ++t) bwd_task<CODEC, TILE>(a, t, w);                      \
+#define KDFAST_REL_VERSION(ISA, TILE, CODEC)                                                        \
+  ISA void rel_fwd(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) {    \
+    const int64_t Lp = (a.L + BK - 1) / BK * BK;                                                    \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, false);                                             \
+    for (int64_t t = begin; t < end; ++t) task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);            \
+  }                                                                                                 \
+  ISA void rel_planes(const RelArgs<CODEC>& a, int64_t begin, int64_t end, CODEC::Acc* task_loss) { \
+    const int64_t Lp = (a.L + BK - 1) / BK * BK, nqb = (a.L + BQ - 1) / BQ;                         \
+    Scratch1<CODEC::Acc> w(a.L, Lp, a.ds, a.dt, true);                                              \
+    for (int64_t p = begin; p < end; ++p) {                                                         \
+      std::fill_n(w.dkt, a.ds * Lp, CODEC::Acc(0));                                                 \
+      for (int64_t t = p * nqb; t < (p + 1) * nqb; ++t)                                             \
+        task_loss[t] = fwd_task<CODEC, TILE>(a, t, w);                                              \
+      store_db<CODEC>(a.gb + p * a.L * a.ds, w.dkt, Lp, a.L, a.ds);                                 \
+    }                                                                                               \
+  }                                                                                                 \
+  ISA void rel_bwd(const RelArgs<CODEC>& a, int64_t begin, int64_t end) {                           \
+    Scratch2<CODEC::Acc> w(a.ds, a.dt);                                                             \
+    for (int64_t t = begin; t < end; ++t) bwd_task<CODEC, TILE>(a, t, w);                           \
   }
 #if KDFAST_ISA_VERSIONS
-#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC)                                              \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, FWD, PLANES, BWD, CODEC)                   \
-  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, FWD, PLANES, BWD, CODEC)                       \
-  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
+#define KDFAST_REL_TASKS(CODEC)                                                                 \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX512, TileAvx512, CODEC)                                      \
+  KDFAST_REL_VERSION(KDFAST_ISA_AVX2, TileAvx2, CODEC)                                          \
+  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, CODEC)
 #else
-#define KDFAST_REL_TASKS(FWD, PLANES, BWD, CODEC) \
-  KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, FWD, PLANES, BWD, CODEC)
+#define KDFAST_REL_TASKS(CODEC) KDFAST_REL_VERSION(KDFAST_ISA_BASE, TileBase, CODEC)
 #endif
-KDFAST_REL_TASKS(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, F32)
-KDFAST_REL_TASKS(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, F64)
-KDFAST_REL_TASKS(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, BF16)
-KDFAST_REL_TASKS(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, F16)
+KDFAST_REL_TASKS(F32)
+KDFAST_REL_TASKS(F64)
+KDFAST_REL_TASKS(BF16)
+KDFAST_REL_TASKS(F16)
 #undef KDFAST_REL_TASKS
 #undef KDFAST_REL_VERSION
 
 template <class C>
-at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
-                  void (*planes)(const RelArgs<C>&, int64_t, int64_t, typename C::Acc*),
-                  void (*bwd)(const RelArgs<C>&, int64_t, int64_t), const std::vector<at::Tensor>& s,
-                  const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
+at::Tensor launch(const std::vector<at::Tensor>& s, const std::vector<at::Tensor>& t, std::vector<at::Tensor>& g,
                   const at::Tensor& mask, const at::Tensor& scale, int64_t kind) {
   using T = typename C::T;
   using Acc = typename C::Acc;
@@ -426,13 +422,13 @@ at::Tensor launch(void (*fwd)(const RelArgs<C>&, int64_t, int64_t, typename C::A
   at::Tensor task_loss = at::empty({n1}, s[0].options().dtype(acc_type));
   Acc* tl = task_loss.mutable_data_ptr<Acc>();
   if (by_plane) {
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) { planes(a, begin, end, tl); });
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) { rel_planes(a, begin, end, tl); });
     return task_loss.sum().reshape({1});
   }
-  at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) { fwd(a, begin, end, tl); });
+  at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) { rel_fwd(a, begin, end, tl); });
   if (grad) {
     const int64_t n2 = P * ((L + BK - 1) / BK);
-    at::parallel_for(0, n2, 1, [&](int64_t begin, int64_t end) { bwd(a, begin, end); });
+    at::parallel_for(0, n2, 1, [&](int64_t begin, int64_t end) { rel_bwd(a, begin, end); });
   }
   return task_loss.sum().reshape({1});
 }
@@ -455,22 +451,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> relation_loss_cpu(
     for (auto& x : g) x.zero_();
     return {at::zeros({1}, s[0].options().dtype(acc_type)), g};
   }
-  at::Tensor loss;
-  switch (dtype) {
-    case at::kFloat:
-      loss = launch<F32>(rel_fwd_f32, rel_planes_f32, rel_bwd_f32, s, t, g, m, sc, kind);
-      break;
-    case at::kDouble:
-      loss = launch<F64>(rel_fwd_f64, rel_planes_f64, rel_bwd_f64, s, t, g, m, sc, kind);
-      break;
-    case at::kBFloat16:
-      loss = launch<BF16>(rel_fwd_bf16, rel_planes_bf16, rel_bwd_bf16, s, t, g, m, sc, kind);
-      break;
-    case at::kHalf:
-      loss = launch<F16>(rel_fwd_f16, rel_planes_f16, rel_bwd_f16, s, t, g, m, sc, kind);
-      break;
-    default: TORCH_CHECK(false, "relation_loss: unsupported dtype ", dtype);
-  }
+  const auto loss = with_codec(dtype, "relation_loss", [&](auto codec) {
+    return launch<decltype(codec)>(s, t, g, m, sc, kind);
+  });
   return {loss, g};
 }
 

@@ -12,32 +12,33 @@
 
 #include <vector>
 
+#include "kdfast/cpu_codec_torch.h"
 #include "kdfast/softmax_kd_row.h"
 #include "kdfast/softmax_kd_torch.h"
 
 namespace kdfast::cpu {
 namespace {
 
-// One entry point per storage type, each cloned per ISA (see cpu_math.h).
-#define KDFAST_KD_ROWS(NAME, CODEC)                                                            \
-  KDFAST_CPU_CLONES void NAME(const CODEC::T* s, const CODEC::T* t, CODEC::T* g,               \
+// One entry point per storage codec (overloads of kd_rows), each cloned per ISA (cpu_math.h).
+#define KDFAST_KD_ROWS(CODEC)                                                                    \
+  KDFAST_CPU_CLONES void kd_rows(const CODEC::T* s, const CODEC::T* t, CODEC::T* g,              \
                               const int64_t* labels, const CODEC::Acc* ws, const CODEC::Acc* wh, \
-                              CODEC::Acc* loss, int64_t row_begin, int64_t row_end, int64_t V, \
-                              int kind, CODEC::Acc temperature, CODEC::Acc* scratch) {         \
-    for (int64_t i = row_begin; i < row_end; ++i) {                                            \
-      loss[i] = kd_row<CODEC>(s + i * V, t + i * V, g ? g + i * V : nullptr, V, kind,          \
-                              temperature, labels ? labels[i] : 0, ws[i], wh ? wh[i] : 0,      \
-                              scratch, scratch + V);                                           \
-    }                                                                                          \
+                              CODEC::Acc* loss, int64_t row_begin, int64_t row_end, int64_t V,   \
+                              int kind, CODEC::Acc temperature, CODEC::Acc* scratch) {           \
+    for (int64_t i = row_begin; i < row_end; ++i) {                                              \
+      loss[i] = kd_row<CODEC>(s + i * V, t + i * V, g ? g + i * V : nullptr, V, kind,            \
+                              temperature, labels ? labels[i] : 0, ws[i], wh ? wh[i] : 0,        \
+                              scratch, scratch + V);                                             \
+    }                                                                                            \
   }
-KDFAST_KD_ROWS(kd_rows_f32, F32)
-KDFAST_KD_ROWS(kd_rows_f64, F64)
-KDFAST_KD_ROWS(kd_rows_bf16, BF16)
-KDFAST_KD_ROWS(kd_rows_f16, F16)
+KDFAST_KD_ROWS(F32)
+KDFAST_KD_ROWS(F64)
+KDFAST_KD_ROWS(BF16)
+KDFAST_KD_ROWS(F16)
 #undef KDFAST_KD_ROWS
 
-template <class CODEC, class Fn>
-void launch(Fn rows, const at::Tensor& student, const at::Tensor& teacher, at::Tensor& grad,
+template <class CODEC>
+void launch(const at::Tensor& student, const at::Tensor& teacher, at::Tensor& grad,
             const at::Tensor& labels, const at::Tensor& ws, const at::Tensor& wh, at::Tensor& loss,
             int64_t kind, double temperature, bool compute_grad) {
   using T = typename CODEC::T;
@@ -54,7 +55,7 @@ void launch(Fn rows, const at::Tensor& student, const at::Tensor& teacher, at::T
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<Acc> scratch(2 * V);
-    rows(s, t, g, lab, w_soft, w_hard, out, begin, end, V, static_cast<int>(kind),
+    kd_rows(s, t, g, lab, w_soft, w_hard, out, begin, end, V, static_cast<int>(kind),
          static_cast<Acc>(temperature), scratch.data());
   });
 }
@@ -76,13 +77,9 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student, const 
   // No madvise(MADV_HUGEPAGE) here (see attention_loss.cpp): direct-compaction stalls made
   // the time swing between calls; THP_MEM_ALLOC_ENABLE=1 gives torch's own huge-page allocator.
   const auto &s = a.student, &t = a.teacher, &ws = a.soft_weight, &lab = a.labels, &wh = a.hard_weight;
-  switch (student.scalar_type()) {
-    case at::kFloat: launch<F32>(kd_rows_f32, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;
-    case at::kDouble: launch<F64>(kd_rows_f64, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;
-    case at::kBFloat16: launch<BF16>(kd_rows_bf16, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;
-    case at::kHalf: launch<F16>(kd_rows_f16, s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad); break;
-    default: TORCH_CHECK(false, "kd_loss: unsupported dtype ", student.scalar_type());
-  }
+  with_codec(student.scalar_type(), "kd_loss", [&](auto codec) {
+    launch<decltype(codec)>(s, t, grad, lab, ws, wh, loss, kind, temperature, compute_grad);
+  });
   return {loss, grad};
 }
 

@@ -13,32 +13,33 @@
 
 #include <vector>
 
+#include "kdfast/cpu_codec_torch.h"
 #include "kdfast/value_relation_plane.h"
 
 namespace kdfast::cpu {
 namespace {
 
-#define KDFAST_VR_PLANES(NAME, CODEC)                                                          \
-  KDFAST_CPU_CLONES void NAME(const CODEC::T* vs, const CODEC::T* vt, CODEC::T* gs,            \
-                              const CODEC::Acc* mask, CODEC::Acc scale, int64_t begin,         \
-                              int64_t end, int64_t A, int64_t L, int64_t Ds, int64_t Dt,       \
-                              CODEC::Acc* plane_loss, CODEC::Acc* work) {                      \
-    const int64_t ds = Ds / A, dt = Dt / A;                                                    \
-    for (int64_t p = begin; p < end; ++p) {                                                    \
-      const int64_t b = p / A, a = p % A;                                                     \
-      plane_loss[p] = value_relation_plane<CODEC>(                                             \
+#define KDFAST_VR_PLANES(CODEC)                                                                        \
+  KDFAST_CPU_CLONES void vr_planes(const CODEC::T* vs, const CODEC::T* vt, CODEC::T* gs,               \
+                              const CODEC::Acc* mask, CODEC::Acc scale, int64_t begin,                 \
+                              int64_t end, int64_t A, int64_t L, int64_t Ds, int64_t Dt,               \
+                              CODEC::Acc* plane_loss, CODEC::Acc* work) {                              \
+    const int64_t ds = Ds / A, dt = Dt / A;                                                            \
+    for (int64_t p = begin; p < end; ++p) {                                                            \
+      const int64_t b = p / A, a = p % A;                                                              \
+      plane_loss[p] = value_relation_plane<CODEC>(                                                     \
           vs + b * L * Ds + a * ds, vt + b * L * Dt + a * dt, gs ? gs + b * L * Ds + a * ds : nullptr, \
-          mask ? mask + b * L : nullptr, L, ds, dt, Ds, Dt, scale, work);                      \
-    }                                                                                          \
+          mask ? mask + b * L : nullptr, L, ds, dt, Ds, Dt, scale, work);                              \
+    }                                                                                                  \
   }
-KDFAST_VR_PLANES(vr_planes_f32, F32)
-KDFAST_VR_PLANES(vr_planes_f64, F64)
-KDFAST_VR_PLANES(vr_planes_bf16, BF16)
-KDFAST_VR_PLANES(vr_planes_f16, F16)
+KDFAST_VR_PLANES(F32)
+KDFAST_VR_PLANES(F64)
+KDFAST_VR_PLANES(BF16)
+KDFAST_VR_PLANES(F16)
 #undef KDFAST_VR_PLANES
 
-template <class C, class Fn>
-at::Tensor launch(Fn planes, const at::Tensor& vs, const at::Tensor& vt, at::Tensor& grad,
+template <class C>
+at::Tensor launch(const at::Tensor& vs, const at::Tensor& vt, at::Tensor& grad,
                   const at::Tensor& mask, const at::Tensor& scale, int64_t A, bool compute_grad) {
   using T = typename C::T;
   using Acc = typename C::Acc;
@@ -53,7 +54,7 @@ at::Tensor launch(Fn planes, const at::Tensor& vs, const at::Tensor& vt, at::Ten
   const int64_t ds = Ds / A, dt = Dt / A;
   at::parallel_for(0, B * A, 1, [&](int64_t begin, int64_t end) {
     std::vector<Acc> work(L * (2 * ds + dt) + 5 * L);
-    planes(s, t, g, m, sc, begin, end, A, L, Ds, Dt, out, work.data());
+    vr_planes(s, t, g, m, sc, begin, end, A, L, Ds, Dt, out, work.data());
   });
   return plane_loss.sum().reshape({1});
 }
@@ -86,14 +87,9 @@ std::tuple<at::Tensor, at::Tensor> value_relation_cpu(const at::Tensor& student,
     if (compute_grad) grad.zero_();
     return {at::zeros({1}, vs.options().dtype(acc_type)), grad};
   }
-  at::Tensor loss;
-  switch (vs.scalar_type()) {
-    case at::kFloat: loss = launch<F32>(vr_planes_f32, vs, vt, grad, m, sc, heads, compute_grad); break;
-    case at::kDouble: loss = launch<F64>(vr_planes_f64, vs, vt, grad, m, sc, heads, compute_grad); break;
-    case at::kBFloat16: loss = launch<BF16>(vr_planes_bf16, vs, vt, grad, m, sc, heads, compute_grad); break;
-    case at::kHalf: loss = launch<F16>(vr_planes_f16, vs, vt, grad, m, sc, heads, compute_grad); break;
-    default: TORCH_CHECK(false, "value_relation: unsupported dtype ", vs.scalar_type());
-  }
+  const auto loss = with_codec(vs.scalar_type(), "value_relation", [&](auto codec) {
+    return launch<decltype(codec)>(vs, vt, grad, m, sc, heads, compute_grad);
+  });
   return {loss, grad};
 }
 
