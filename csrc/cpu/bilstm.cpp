@@ -41,48 +41,46 @@ __attribute__((weak)) void mkldnn_matmul(const at::Tensor& mat1, const at::Tenso
 namespace kdfast::cpu {
 namespace {
 
-// Step epilogues over the rows of one work item, cloned per ISA. rows[k] is the batch index
-// of the k-th row still running at step s; lens its length.
-#define KDFAST_BILSTM_STEPS(SUFFIX, T)                                                         \
-  KDFAST_CPU_CLONES void fwd_rows_##SUFFIX(const int64_t* rows, const int64_t* lens,           \
-                                           int64_t n, int64_t s, int64_t d, T* gx,             \
-                                           const T* bias, const T* rec, int64_t ldr, T* c,     \
-                                           T* h, T* out,                                       \
-                                           T* cells, int64_t steps, int64_t H) {               \
-    for (int64_t k = 0; k < n; ++k) {                                                          \
-      const int64_t b = rows[k];                                                               \
-      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
-      const int64_t bt = b * steps + t;                                                        \
-      T* g = gx + bt * 8 * H + d * 4 * H;                                                      \
-      T* o = out + bt * 2 * H + d * H;                                                         \
-      if (cells)                                                                               \
-        lstm_fwd_row<true>(g, bias, rec + k * ldr, c + k * H, h + k * H, o,                  \
-                           cells + bt * 2 * H + d * H, H);                                     \
-      else                                                                                     \
-        lstm_fwd_row<false>(g, bias, rec + k * ldr, c + k * H, h + k * H, o, (T*)nullptr, H);\
-    }                                                                                          \
-  }                                                                                            \
-  KDFAST_CPU_CLONES void bwd_rows_##SUFFIX(                                                    \
-      const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, int64_t d,               \
-      const T* gates, const T* cells, const T* h0, const T* c0, const T* out, const T* dout,   \
-      const T* dh, int64_t ldd, T* dc, T* da, T* dgates, T* db, T* hprev, int64_t steps,       \
-      int64_t H) {                                                                             \
-    for (int64_t k = 0; k < n; ++k) {                                                          \
-      const int64_t b = rows[k];                                                               \
-      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                          \
-      const int64_t tp = d == 0 ? t - 1 : t + 1;                                               \
-      const int64_t bt = b * steps + t, btp = b * steps + tp;                                  \
-      const T* cp = s == 0 ? c0 + b * H : cells + btp * 2 * H + d * H;                         \
-      const T* hp = s == 0 ? h0 + b * H : out + btp * 2 * H + d * H;                           \
-      T* hq = hprev + bt * H;                                                                  \
-      for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                           \
-      lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,             \
+// Step epilogues over the rows of one work item, cloned per ISA and overloaded by the element
+// type. rows[k] is the batch index of the k-th row still running at step s; lens its length.
+#define KDFAST_BILSTM_STEPS(T)                                                                    \
+  KDFAST_CPU_CLONES void fwd_rows(const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, \
+                                  int64_t d, T* gx, const T* bias, const T* rec, int64_t ldr,     \
+                                  T* c, T* h, T* out, T* cells, int64_t steps, int64_t H) {       \
+    for (int64_t k = 0; k < n; ++k) {                                                             \
+      const int64_t b = rows[k];                                                                  \
+      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                             \
+      const int64_t bt = b * steps + t;                                                           \
+      T* g = gx + bt * 8 * H + d * 4 * H;                                                         \
+      T* o = out + bt * 2 * H + d * H;                                                            \
+      if (cells)                                                                                  \
+        lstm_fwd_row<true>(g, bias, rec + k * ldr, c + k * H, h + k * H, o,                       \
+                           cells + bt * 2 * H + d * H, H);                                        \
+      else                                                                                        \
+        lstm_fwd_row<false>(g, bias, rec + k * ldr, c + k * H, h + k * H, o, (T*)nullptr, H);     \
+    }                                                                                             \
+  }                                                                                               \
+  KDFAST_CPU_CLONES void bwd_rows(                                                                \
+      const int64_t* rows, const int64_t* lens, int64_t n, int64_t s, int64_t d,                  \
+      const T* gates, const T* cells, const T* h0, const T* c0, const T* out, const T* dout,      \
+      const T* dh, int64_t ldd, T* dc, T* da, T* dgates, T* db, T* hprev, int64_t steps,          \
+      int64_t H) {                                                                                \
+    for (int64_t k = 0; k < n; ++k) {                                                             \
+      const int64_t b = rows[k];                                                                  \
+      const int64_t t = d == 0 ? s : lens[b] - 1 - s;                                             \
+      const int64_t tp = d == 0 ? t - 1 : t + 1;                                                  \
+      const int64_t bt = b * steps + t, btp = b * steps + tp;                                     \
+      const T* cp = s == 0 ? c0 + b * H : cells + btp * 2 * H + d * H;                            \
+      const T* hp = s == 0 ? h0 + b * H : out + btp * 2 * H + d * H;                              \
+      T* hq = hprev + bt * H;                                                                     \
+      for (int64_t j = 0; j < H; ++j) hq[j] = hp[j];                                              \
+      lstm_bwd_row(gates + bt * 8 * H + d * 4 * H, cells + bt * 2 * H + d * H, cp,                \
                    dout + bt * 2 * H + d * H, dh + k * ldd, dc + k * H, da + k * 4 * H,           \
-                   dgates + bt * 4 * H, db, H);                                                \
-    }                                                                                          \
+                   dgates + bt * 4 * H, db, H);                                                   \
+    }                                                                                             \
   }
-KDFAST_BILSTM_STEPS(f32, float)
-KDFAST_BILSTM_STEPS(f64, double)
+KDFAST_BILSTM_STEPS(float)
+KDFAST_BILSTM_STEPS(double)
 #undef KDFAST_BILSTM_STEPS
 
 // The step GEMM's register block must fit the vector registers, which one cloned body cannot
@@ -104,25 +102,6 @@ KDFAST_GEMM_VERSION(KDFAST_ISA_AVX2, double, v4df, 6)
 KDFAST_GEMM_VERSION(KDFAST_ISA_BASE, float, v4sf, 6)
 KDFAST_GEMM_VERSION(KDFAST_ISA_BASE, double, v2df, 6)
 #undef KDFAST_GEMM_VERSION
-
-// Type-overloaded front doors to the per-ISA clones.
-#define KDFAST_BILSTM_FRONT(SUFFIX, T)                                                         \
-  KDFAST_INLINE void fwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
-                              int64_t d, T* gx, const T* bias, const T* rec, int64_t ldr,      \
-                              T* c, T* h, T* out, T* cells, int64_t steps, int64_t H) {        \
-    fwd_rows_##SUFFIX(r, l, n, s, d, gx, bias, rec, ldr, c, h, out, cells, steps, H);          \
-  }                                                                                            \
-  KDFAST_INLINE void bwd_rows(const int64_t* r, const int64_t* l, int64_t n, int64_t s,        \
-                              int64_t d, const T* gates, const T* cells, const T* h0,          \
-                              const T* c0, const T* out, const T* dout, const T* dh,           \
-                              int64_t ldd, T* dc, T* da, T* dgates, T* db, T* hprev,          \
-                              int64_t steps, int64_t H) {                                      \
-    bwd_rows_##SUFFIX(r, l, n, s, d, gates, cells, h0, c0, out, dout, dh, ldd, dc, da, dgates, \
-                      db, hprev, steps, H);                                                    \
-  }
-KDFAST_BILSTM_FRONT(f32, float)
-KDFAST_BILSTM_FRONT(f64, double)
-#undef KDFAST_BILSTM_FRONT
 
 // False once oneDNN's matmul has refused this CPU: torch 2.13's checks the CPU for a bf16 path
 // even on fp32 inputs and throws on CPUs without AVX-512 (seen on an AVX2-only AMD EPYC), before
