@@ -289,6 +289,14 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
                            + short, capsys)
         assert code == 0, (argv, err)
         assert (out / MARKER).is_file()
+    # both stages (general distillation on the task's sentences, then the task), the teacher
+    # given as the `finetune --out` directory
+    out = tmp_path / "all"
+    code, _, err = run(["distill", "tinybert", "--stage", "all", "--teacher", tmp_path / "ft",
+                        "--task", task, "--out", out, "--epochs", "1"] + size + short, capsys)
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["general"]["steps"] > 0 and 0 <= res["test"]["accuracy"] <= 1
     out = tmp_path / "extract"
     code, _, err = run(["extract", "--teacher", env / "bert", "--task", f"text:{env / 'train.csv'}",
                         "--out", out, "--batch-size", "8", "--num-sentences", "20",

@@ -357,8 +357,9 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
     task_setup_run = task_setup(teacher, task, **kw) if stage == "all" else None
     task_obj = plumbing.as_task(task) if task is not None else None
     sentences = plumbing.sentences_from(unlabelled, task_obj, seed=seed)
+    shared = {k: kw[k] for k in GENERAL_SHARED if k in kw}
     general_run = general_setup(general_teacher or teacher, sentences,
-                                **{k: kw[k] for k in GENERAL_SHARED if k in kw}, **(general or {}))
+                                **{**shared, **(general or {})})  # general's own options win
     check_student(student, general_run.teacher_config, kw.get("style", "tinybert"))
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)

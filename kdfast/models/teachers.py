@@ -23,12 +23,18 @@ POOLINGS = ("cls", "mean", "pooler")
 
 
 def resolve_teacher_path(name_or_path: str) -> str:
+    """``minilm-l6`` -> the fetched model; a ``kdfast finetune --out DIR`` directory -> the
+    teacher saved in it (``DIR/teacher``); another existing path as it is; else a hub name."""
     if name_or_path == "minilm-l6":
         from kdfast.data.fetch import fetch
 
         return str(fetch("minilm-l6"))
-    return str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() \
-        else name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return name_or_path
+    if not (path / "config.json").exists() and (path / "teacher" / "config.json").is_file():
+        return str(path / "teacher")
+    return str(path)
 
 
 def _default_pooling(path: str) -> str:
