@@ -27,7 +27,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-BENCH ?= losses intermediate bilstm etd
+BENCH ?= losses intermediate relation bilstm etd
 bench: install
 	for suite in $(BENCH); do $(VENV)/bin/kdfast bench $$suite || exit 1; done
 

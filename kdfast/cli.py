@@ -34,12 +34,12 @@ from pathlib import Path
 # argparse.ArgumentTypeError saying what was expected.
 
 
-def _number(kind, lo=None, hi=None, lo_open=False):
+def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     what = "an integer" if kind is int else "a number"
     if lo is not None:
         what += f" {'>' if lo_open else '>='} {lo}"
     if hi is not None:
-        what += f" and <= {hi}"
+        what += f" and {'<' if hi_open else '<='} {hi}"
 
     def convert(value):
         if isinstance(value, bool):
@@ -50,7 +50,8 @@ def _number(kind, lo=None, hi=None, lo_open=False):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
         if kind is float and x != x:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
-        if (lo is not None and (x < lo or (lo_open and x == lo))) or (hi is not None and x > hi):
+        if (lo is not None and (x < lo or (lo_open and x == lo))) or \
+                (hi is not None and (x > hi or (hi_open and x == hi))):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
         return x
 
@@ -63,6 +64,7 @@ COUNT = _number(int, 0)  # zero allowed
 POSITIVE = _number(float, 0, lo_open=True)
 NON_NEGATIVE = _number(float, 0)
 FRACTION = _number(float, 0, 1)
+FRACTION_BELOW_1 = _number(float, 0, 1, hi_open=True)  # a warm-up or dropout of 1 trains nothing
 SEED = _number(int, 0)
 
 
@@ -133,7 +135,7 @@ OPTIONS = {
     "lr": Opt(None, POSITIVE, "learning rate (recipe default)"),
     "weight_decay": Opt(None, NON_NEGATIVE, "weight decay"),
     "scheduler": Opt(None, str, "learning-rate schedule", ("constant", "linear")),
-    "warmup": Opt(None, FRACTION, "warm-up fraction of the steps"),
+    "warmup": Opt(None, FRACTION_BELOW_1, "warm-up fraction of the steps"),
     "grad_clip": Opt(None, POSITIVE, "clip the gradient norm"),
     "eval_every": Opt(None, POSITIVE_INT, "evaluate on dev every N steps (default: each epoch)"),
     "patience": Opt(None, POSITIVE_INT, "early stopping: evaluations without improvement"),
@@ -155,9 +157,9 @@ OPTIONS = {
     "temperature": Opt(None, POSITIVE, "temperature of the kl / soft_ce term (default 1)"),
     # augmentation (Tang's rules, TinyBERT's word replacement)
     "augment": Opt(True, BOOL, "augment the transfer set (Tang's rules; TinyBERT's replacement)"),
-    "n_aug": Opt(None, COUNT, "augmented copies per training example (tang: about 15k "
-                              "examples in all, at most the paper's 20 single / 10 pairs; "
-                              "tinybert's N_a: 20)"),
+    "n_aug": Opt(None, POSITIVE_INT, "augmented copies per training example (tang: about 15k "
+                                     "examples in all, at most the paper's 20 single / 10 "
+                                     "pairs; tinybert's N_a: 20; none: --no-augment)"),
     "p_mask": Opt(None, FRACTION, "tang augmentation: masking probability [0.1]"),
     "p_pos": Opt(None, FRACTION, "tang augmentation: POS-guided replacement probability [0.1]"),
     "p_ng": Opt(None, FRACTION, "tang augmentation: n-gram sampling probability [0.25]"),
@@ -174,12 +176,12 @@ OPTIONS = {
     "fc_size": Opt(None, POSITIVE_INT, "ReLU layer size (200 single, 400 pairs)"),
     "pooling": Opt(None, str, "BiLSTM pooling (tang: last, sra: max)", ("last", "max", "mean")),
     "lstm_layers": Opt(None, POSITIVE_INT, "BiLSTM layers [1]"),
-    "dropout": Opt(None, FRACTION, "dropout before the output layer [0.1]"),
+    "dropout": Opt(None, FRACTION_BELOW_1, "dropout before the output layer [0.1]"),
     # SRA
     "sra_teacher": Opt(None, TEXT, "sra: the encoder whose sentence vectors stage 1 imitates "
                                    "(default: --teacher)"),
-    "unlabelled": Opt(None, LIST, "unlabelled sentence sources, comma-separated (task names or "
-                                  "text:PATH); default: the task's training sentences"),
+    "unlabelled": Opt(None, LIST, "unlabelled sentence sources, comma-separated (task names, "
+                                  "text files); default: the task's training sentences"),
     "vector": Opt(None, str, "sra: teacher sentence vector [mean]", ("mean", "cls", "pooler")),
     "stage1_loss": Opt(None, str, "sra: stage-1 loss [mse]", ("mse", "cosine")),
     "stage1_epochs": Opt(None, POSITIVE, "sra: stage-1 epochs [5]"),
@@ -320,8 +322,8 @@ def cmd_sra(o) -> int:
     if stage2 and o["stage2"] != "tang":
         raise ValueError(", ".join(_flag(k) for k in stage2) + " apply to --stage2 tang only")
     _, res = sra(o["teacher"], _task(o), o["out"], max_len=o["max_len"], stage2=o["stage2"],
-                 stage1=stage1, **_given(o, ("sra_teacher", "unlabelled", "vector", "stage1_loss",
-                                            "transfer_cache")),
+                 stage1=stage1, unlabelled=_unlabelled(o),
+                 **_given(o, ("sra_teacher", "vector", "stage1_loss", "transfer_cache")),
                  **stage2, **_bilstm(o), **_run(o), **_train(o))
     _summary(res, f"student: {Path(o['out']) / 'stage2' / 'student'}")
     return 0
@@ -450,8 +452,6 @@ def _sentences(spec, limit, seed):
     """Sentences to score: a task's training sentences, text:PATH, or a plain text file."""
     from kdfast.data.tasks import unlabelled_sentences
 
-    if Path(spec).is_file():
-        spec = f"text:{spec}"
     sentences = unlabelled_sentences([spec], seed=seed)[:limit]
     if not sentences:
         raise ValueError(f"--task {spec}: no sentences to score")
@@ -673,10 +673,16 @@ def check_before_running(o) -> None:
     """What can be checked without work: files named by options, the output directory."""
     from kdfast.distill.outputs import check_output_dir
 
-    task = o.get("task") or ""
-    fmt, _, rest = task.partition(":")
-    if fmt in ("csv", "tsv", "jsonl", "text") and rest and not Path(rest).exists():
-        raise FileNotFoundError(f"--task {task}: no such file {rest}")
+    for flag, spec in [("task", o.get("task"))] + [("unlabelled", s) for s in o.get("unlabelled") or ()]:
+        fmt, _, rest = (spec or "").partition(":")
+        if fmt in ("csv", "tsv", "jsonl", "text") and rest and not Path(rest).expanduser().exists():
+            raise FileNotFoundError(f"--{flag} {spec}: no such file {rest}")
+    if o.get("glove") and not Path(o["glove"]).expanduser().is_file():
+        raise FileNotFoundError(f"--glove {o['glove']}: no such file")
+    if o.get("report_to"):  # a backend that is not installed
+        from kdfast.integrations.logging import resolve_report_to
+
+        resolve_report_to(o["report_to"])
     for name in ("teacher", "model", "student", "sra_teacher", "general_teacher"):
         value = o.get(name)
         if value and (os.sep in value or value.startswith(".")) and not Path(value).exists():

@@ -2,6 +2,7 @@
 status 2 that leave the output directory untouched, and every recipe end to end on tiny
 models through ``kdfast.cli.main``."""
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_python_dash_m_kdfast_is_the_cli():
 
 
 SAMPLE = {cli.POSITIVE_INT: "3", cli.COUNT: "0", cli.POSITIVE: "0.5", cli.NON_NEGATIVE: "0",
-          cli.FRACTION: "0.25", cli.SEED: "7", cli.TEXT: "abc", cli.LIST: "a,b", str: None}
+          cli.FRACTION: "0.25", cli.FRACTION_BELOW_1: "0.25", cli.SEED: "7", cli.TEXT: "abc", cli.LIST: "a,b", str: None}
 
 
 def test_the_same_flag_parses_the_same_way_in_every_command():
@@ -147,6 +148,9 @@ MISTAKES = {  # argv after the command, the words the one-line message must hold
     "bad choice": (["--optimizer", "sgdx"], "--optimizer"),
     "zero size": (["--lstm-hidden-size", "0"], "--lstm-hidden-size"),
     "negative n-aug": (["--n-aug", "-3"], "--n-aug"),
+    "zero n-aug": (["--n-aug", "0"], "--n-aug"),  # no copies is --no-augment
+    "warm-up of all steps": (["--warmup", "1"], "--warmup"),
+    "uninstalled logger": (["--report-to", "wandb"], "wandb"),
     "negative max-len": (["--max-len", "-5"], "--max-len"),
     "unknown option": (["--learning-rate", "1"], "unrecognized"),
     "no cuda": (["--device", "cuda"], "--device"),
@@ -161,6 +165,8 @@ MISTAKES = {  # argv after the command, the words the one-line message must hold
 def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious, tmp_path, capsys):
     if mistake == "no cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    if mistake == "uninstalled logger" and importlib.util.find_spec("wandb"):
+        pytest.skip("this machine has wandb")
     before = snapshot(precious)
     extra, needle = MISTAKES[mistake]
     argv = ["distill", "tang", "--teacher", tmp_path, "--task", "movie-sentences",
@@ -183,6 +189,10 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
     (["distill"], "RECIPE"),
     (["distill", "tang"], "missing --out, --task, --teacher"),
     (["eval", "--model", "./no/such/dir", "--task", "movie-sentences"], "no such directory"),
+    (["distill", "sra", "--teacher", "t", "--task", "x", "--out", "{out}",
+      "--unlabelled", "movie-sentences,text:/no/such.txt"], "--unlabelled text:/no/such.txt"),
+    (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
+      "--glove", "/no/glove.txt"], "--glove"),
     (["bench", "nope"], "invalid choice"),
 ])
 def test_more_mistakes(argv, needle, tmp_path, capsys):
@@ -268,10 +278,14 @@ def test_finetune_distill_eval_overwrite_and_resume(env, tmp_path, capsys):
     assert_user_error(*run(["distill", "sra", "--config", cfg, "--out", tmp_path / "sra"],
                            capsys)[::2], "no option --n-aug")
     cfg.write_text(cfg.read_text().replace("n-aug: 1\n", ""))
+    text = tmp_path / "unlabelled.txt"  # a plain text file: its lines, not its name
+    text.write_text("a good film\nthe plot was dull\na good film\n")
     code, _, err = run(["distill", "sra", "--config", cfg, "--out", tmp_path / "sra",
                         "--stage1-epochs", "1", "--epochs", "1", "--unlabelled",
-                        f"csv:{env / 'train.csv'}", "--no-progress"], capsys)
+                        f"csv:{env / 'train.csv'},{text}", "--no-progress"], capsys)
     assert code == 0, err
+    res = json.loads((tmp_path / "sra" / "results.json").read_text())
+    assert res["unlabelled_sentences"] == len(set(_tiny.sentences(80, 0)[0])) + 2
 
 
 def test_transformer_recipes_and_extract(env, tmp_path, capsys):
@@ -289,6 +303,8 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
                            + short, capsys)
         assert code == 0, (argv, err)
         assert (out / MARKER).is_file()
+        step2 = json.loads((out / "step2" / "results.json").read_text())
+        assert step2["config"]["alpha"] == 0.5  # the default mix step 2 trained with
     # both stages (general distillation on the task's sentences, then the task), the teacher
     # given as the `finetune --out` directory
     out = tmp_path / "all"

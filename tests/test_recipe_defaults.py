@@ -271,7 +271,10 @@ def test_tang_mixes_the_hard_labels_in_by_default(tmp_path, monkeypatch):
     assert TANG_ALPHA == 0.5
     # the hard-label baseline and regression tasks: no mix unless given
     assert TangOptions(loss="ce").alpha_for(task) == 0.0
-    assert TangOptions().alpha_for(type("Regression", (), {"num_labels": 1})) == 0.0
+    regression = type("Regression", (), {"num_labels": 1})
+    assert TangOptions().alpha_for(regression) == 0.0
+    with pytest.raises(ValueError, match="regression"):  # no hard labels to mix in
+        TangOptions(alpha=0.5).alpha_for(regression)
     assert TangOptions().alpha_for(None) is None  # before the task is loaded
     with pytest.raises(ValueError, match="alpha"):
         TangOptions(alpha=1.5).check()

@@ -379,8 +379,9 @@ def unlabelled_sentences(sources, *, limit: int | None = None, seed: int = 0) ->
     """Sentences without labels for task-agnostic distillation (SRA stage 1).
 
     ``sources``: task names (their training sentences, both sides of pairs) or ``text:PATH``
-    (any local text file, one sentence or document per line, read as a stream). Duplicates
-    are dropped; ``limit`` keeps a seeded random sample.
+    or the path of an existing file (any local text file, one sentence or document per line,
+    read as a stream). Anything else is an error (an unknown task name), never a sentence.
+    Duplicates are dropped; ``limit`` keeps a seeded random sample.
     """
     seen, out = set(), []
 
@@ -391,8 +392,9 @@ def unlabelled_sentences(sources, *, limit: int | None = None, seed: int = 0) ->
             out.append(s)
 
     for src in sources:
-        if src.startswith("text:"):
-            with open(Path(src[5:]).expanduser(), encoding="utf-8", errors="replace") as f:
+        if src.startswith("text:") or Path(src).expanduser().is_file():
+            path = Path(src[5:] if src.startswith("text:") else src).expanduser()
+            with open(path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     add(line)
         else:

@@ -251,6 +251,9 @@ class TangOptions:
     def alpha_for(self, task) -> float | None:
         """The hard labels' weight on ``task``: as given, else TANG_ALPHA for classification
         and 0 for regression or ``loss="ce"`` (None while the task is not loaded)."""
+        if task is not None and task.num_labels == 1 and self.alpha:
+            raise ValueError(f"alpha={self.alpha}: a regression task has no hard labels to mix "
+                             "in (alpha must be 0)")
         if self.alpha is not None or task is None:
             return self.alpha
         return 0.0 if task.num_labels == 1 or self.loss == "ce" else TANG_ALPHA

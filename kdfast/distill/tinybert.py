@@ -278,6 +278,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
         raise ValueError("alpha (hard labels in step 2) needs a classification task; this one "
                          "is a regression")
     plumbing.check_probability("alpha", alpha)
+    cfg2.alpha, cfg2.temperature = alpha, temperature  # what step 2's report and results say
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
         teacher, tokenizer, num_labels=task.num_labels, need_head=True)
     t_cfg = base_bert(t_model).config

@@ -57,7 +57,7 @@ from kdfast.data import metrics as M
 from kdfast.data.tokenize import collate, example_length, length_batches, length_grouped, to_device
 from kdfast.distill import outputs
 from kdfast.distill.objectives import LOSSES, make_loss
-from kdfast.integrations.logging import REPORT_TO, DeviceMeans, open_writer, resolve_report_to
+from kdfast.integrations.logging import DeviceMeans, open_writer, resolve_report_to
 
 OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "linear")
@@ -153,9 +153,7 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.metric is not None and self.metric not in M.METRICS:
             raise ValueError(f"metric must be one of {M.METRICS}, got {self.metric!r}")
-        if self.report_to not in (None, "auto") + REPORT_TO:
-            raise ValueError(f"report_to must be one of {REPORT_TO} (or None/'auto'), got "
-                             f"{self.report_to!r}")
+        resolve_report_to(self.report_to)  # a named backend that is not installed: error now
         if self.device is not None and str(self.device).split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         return self
@@ -248,7 +246,7 @@ class Distiller:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
             else:
                 outputs.prepare_output_dir(self.out_dir, overwrite=overwrite, resume=resume)
-        self.report_to = resolve_report_to(cfg.report_to)  # a missing backend: error now
+        self.report_to = resolve_report_to(cfg.report_to)
         self.writer = None  # opened by train() on rank 0
         self._components = DeviceMeans()
         self.state = TrainState()
