@@ -357,11 +357,7 @@ def cmd_tinybert(o) -> int:
 
     task = _task(o)
     student = o["student"] or _bert_size(o, default_layers=4)
-    unl = _unlabelled(o)
-    if o["stage"] in ("general", "all") and unl is None:
-        from kdfast.distill.plumbing import training_sentences
-
-        unl = training_sentences(task)
+    unl = _unlabelled(o)  # None: the task's training sentences (general stage)
     train = _train(o)
     seed = train.pop("seed", 0)
     _, res = tinybert(o["teacher"], task, o["out"], stage=o["stage"],

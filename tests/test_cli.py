@@ -87,6 +87,30 @@ def test_the_same_flag_parses_the_same_way_in_every_command():
     assert "hidden_size" not in cli.COMMANDS["distill tang"].options  # that is --lstm-hidden-size
 
 
+def test_choices_are_the_librarys():
+    """cli.py does not import the library (fast --help), so its choice lists are copies: they
+    must name exactly what the library accepts."""
+    from kdfast.data.metrics import METRICS
+    from kdfast.distill.etd import STRATEGIES
+    from kdfast.distill.objectives import MODES, STYLES, VECTOR_KINDS
+    from kdfast.distill.sra import STAGE2
+    from kdfast.distill.tang import TANG_LOSSES
+    from kdfast.distill.tinybert import STAGES
+    from kdfast.distill.trainer import OPTIMIZERS, SCHEDULERS
+    from kdfast.integrations.logging import REPORT_TO
+    from kdfast.models.teachers import POOLINGS as VECTORS
+    from kdfast.nn.students import EMBEDDING_MODES, POOLINGS
+    from kdfast.ops._backend import BACKENDS
+
+    library = {"metric": METRICS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
+               "report_to": REPORT_TO, "loss": TANG_LOSSES, "embedding_mode": EMBEDDING_MODES,
+               "pooling": POOLINGS, "vector": VECTORS, "stage1_loss": VECTOR_KINDS,
+               "stage2": STAGE2, "mode": MODES, "style": STYLES, "stage": STAGES,
+               "strategy": STRATEGIES, "backend": BACKENDS}
+    for name, allowed in library.items():
+        assert set(cli.OPTIONS[name].choices) == set(allowed), name
+
+
 def test_aliases_are_the_distill_recipes(capsys):
     assert cli.ALIASES == {"tinybert": ("distill", "tinybert"), "etd-distill": ("distill", "etd")}
     for alias, words in cli.ALIASES.items():

@@ -260,8 +260,9 @@ def test_tang_mixes_the_hard_labels_in_by_default(tmp_path, monkeypatch):
     teacher.has_trained_head = True
     task = _tiny.task(16)
     tang_recipe = importlib.import_module("kdfast.distill.tang")  # the module, not the function
-    used, real = [], tang_recipe.LogitLoss
-    monkeypatch.setattr(tang_recipe, "LogitLoss",
+    objectives = importlib.import_module("kdfast.distill.objectives")
+    used, real = [], objectives.LogitLoss
+    monkeypatch.setattr(objectives, "LogitLoss",
                         lambda kind, alpha, t: used.append(alpha) or real(kind, alpha, t))
     fast = dict(tokenizer=tok, n_iter=1, epochs=1, lstm_hidden_size=8, fc_size=8,
                 progress=False, report_to="none")

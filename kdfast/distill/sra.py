@@ -14,7 +14,8 @@ from __future__ import annotations
 from kdfast.data.tasks import Split
 from kdfast.distill import plumbing
 from kdfast.distill.objectives import VECTOR_KINDS, SentenceVectorLoss
-from kdfast.distill.tang import TangOptions, _renamed, build_student, run_tang, transfer_set
+from kdfast.distill.tang import (TangOptions, _renamed, build_student, check_student_options,
+                                 default_fc_size, run_tang, transfer_set)
 from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import POOLINGS as VECTORS
 
@@ -49,14 +50,12 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
         tang_kw["loss"] = "ce"
     opts2 = TangOptions(**{**tang_kw, "max_len": max_len, "teacher_bf16": teacher_bf16,
                            "fc_size": fc_size, "dropout": dropout}).check(student_given=True)
-    from kdfast.distill.tang import check_student_options
-
     check_student_options(embeddings=embeddings, embedding_mode=embedding_mode,
                           lstm_hidden_size=lstm_hidden_size, fc_size=fc_size, pooling=pooling,
                           num_layers=num_layers, dropout=dropout)
     common = dict(seed=seed, progress=progress)
     shared = {k: train[k] for k in ("log_every", "device", "amp", "report_to") if k in train}
-    cfg1 = plumbing.train_config(SRA_STAGE1, common, shared, stage1, {"patience": None})
+    cfg1 = plumbing.train_config(SRA_STAGE1, common, shared, stage1)
     cfg1.patience = None  # no dev set in stage 1
     opts2.train_config(None, dict(train, **common))  # stage 2's options fail here, early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
@@ -93,7 +92,7 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
     res1 = d1.train()
 
     # stage 2: a classifier on the encoder, on hard labels or distilled (Tang)
-    clf = enc.classifier(task.num_labels, fc_size=fc_size or (400 if task.is_pair else 200),
+    clf = enc.classifier(task.num_labels, fc_size=fc_size or default_fc_size(task.is_pair),
                          dropout=dropout, pair=task.is_pair)
     model, res2 = run_tang(t_model, tokenizer, t_path, task, out / "stage2" if out else None,
                            clf, opts2, cfg2, seed=seed, resume=resume, progress=progress)

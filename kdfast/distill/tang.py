@@ -24,7 +24,7 @@ import torch
 
 from kdfast.data.tokenize import encode
 from kdfast.distill import outputs, plumbing
-from kdfast.distill.objectives import HardLabelLoss, LogitLoss
+from kdfast.distill.objectives import make_loss
 from kdfast.distill.trainer import Distiller, TrainConfig
 from kdfast.nn.students import (
     EMBEDDING_MODES,
@@ -51,6 +51,11 @@ TRANSFER_BUDGET = 15_000
 # terms, +3.3 to +4.8 on all four tasks of benchmarks/results/recipes-tasks.md (two seeds
 # each). `--alpha 0` is the paper's pure distillation.
 TANG_ALPHA = 0.5
+
+
+def default_fc_size(pair: bool) -> int:
+    """The classifier's hidden layer: the paper's 200, 400 on a siamese pair's features."""
+    return 400 if pair else 200
 
 
 def default_n_iter(n: int, pair: bool) -> int:
@@ -192,7 +197,7 @@ def build_student(kind, teacher, tokenizer, num_labels, *, embeddings="teacher",
                            pooling=pooling or "max", **common)
     else:
         cls = SiameseBiLSTMClassifier if pair else BiLSTMClassifier
-        model = cls(num_labels=num_labels, fc_size=fc_size or (400 if pair else 200),
+        model = cls(num_labels=num_labels, fc_size=fc_size or default_fc_size(pair),
                     pooling=pooling or "last", dropout=dropout, **common)
     if w is not None:
         model.encoder.init_embeddings(w)
@@ -281,10 +286,12 @@ def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_
     Returns ``(student, results)``; ``out_dir`` gets ``student/``, ``results.json``,
     ``report.md`` and the cached ``transfer.pt``."""
     _renamed(train)
-    opts = TangOptions(loss, augment, n_iter, p_mask, p_pos, p_ng, alpha, temperature,
-                       transfer_cache, embeddings, embedding_mode, lstm_hidden_size, fc_size,
-                       pooling, num_layers, dropout, max_len, teacher_bf16).check(
-                           student_given=student is not None)
+    opts = TangOptions(
+        loss=loss, augment=augment, n_iter=n_iter, p_mask=p_mask, p_pos=p_pos, p_ng=p_ng,
+        alpha=alpha, temperature=temperature, transfer_cache=transfer_cache,
+        embeddings=embeddings, embedding_mode=embedding_mode, lstm_hidden_size=lstm_hidden_size,
+        fc_size=fc_size, pooling=pooling, num_layers=num_layers, dropout=dropout,
+        max_len=max_len, teacher_bf16=teacher_bf16).check(student_given=student is not None)
     opts.train_config(None, dict(train, seed=seed, progress=progress))  # fails early
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
     task = plumbing.as_task(task)
@@ -311,7 +318,6 @@ def run_tang(t_model, tokenizer, t_path, task, out_dir, student, opts: TangOptio
     stats = None
     if opts.loss == "ce":
         train_data = plumbing.encode_split(tokenizer, task.train, opts.max_len, teacher=False)
-        loss = HardLabelLoss()
     else:
         cache = opts.transfer_cache or (Path(out_dir) / "transfer.pt" if out_dir else None)
         train_data, stats = transfer_set(t_model, tokenizer, task.train, cache=cache,
@@ -319,7 +325,7 @@ def run_tang(t_model, tokenizer, t_path, task, out_dir, student, opts: TangOptio
                                          p_mask=opts.p_mask, p_pos=opts.p_pos, p_ng=opts.p_ng,
                                          seed=seed, max_len=opts.max_len, teacher_path=t_path,
                                          progress=progress, bf16=opts.teacher_bf16)
-        loss = LogitLoss(opts.loss, cfg.alpha, opts.temperature)
+    loss = make_loss(opts.loss, alpha=cfg.alpha, temperature=opts.temperature)
     d = Distiller(None, student, loss, train_data=train_data, dev_data=dev, test_data=test,
                   out_dir=out_dir, tokenizer=tokenizer, resume=resume, stage=True,
                   name="student", config=cfg, meta={"transfer_set": stats})

@@ -15,7 +15,7 @@ teacher's ``forward_batch(batch)``).
 
 :meth:`Distiller.train` is :meth:`~Distiller.restore`, then per batch :meth:`~Distiller.step`,
 :meth:`~Distiller.evaluate_dev` when due and :meth:`~Distiller.checkpoint` when due:
-* one permutation per epoch from ``seed + epoch``, regrouped into batches of similar length
+* one permutation per epoch, seeded by ``seed`` and the epoch, regrouped into batches of similar length
   (``group_by_length``, default on: about half the padding work of random batches);
   checkpoints (``out_dir/checkpoint/last.pt``,
   written atomically) hold model, optimiser, scheduler, RNG states, step and the position in
@@ -39,7 +39,8 @@ teacher's ``forward_batch(batch)``).
 The output directory follows :mod:`kdfast.distill.outputs` (an existing one is refused
 without ``overwrite``/``resume``; ``overwrite`` clears only a kdfast directory; ``resume``
 needs a checkpoint). ``stage=True``: ``out_dir`` is a stage inside a recipe's directory that
-the recipe already checked; it is used as it is and resumed from its checkpoint if it has one.
+the recipe already checked; it is used as it is (and, with ``resume``, continued from its
+checkpoint if it has one).
 """
 from __future__ import annotations
 
