@@ -387,7 +387,15 @@ def cmd_etd(o) -> int:
 
     train = _train(o)
     seed = train.pop("seed", 0)
-    distill = _transformer(o) if o["task_specific"] else _given(o, ("mode",))
+    if o["task_specific"]:
+        distill = _transformer(o)
+    else:  # general distillation: no augmentation, steps or prediction layer
+        task_only = [_flag(k) for k in TRANSFORMER if o.get(k) is not None
+                     and k not in ("mode", "style", "augment", "unlabelled", "backend")]
+        if task_only:
+            raise ValueError(f"{', '.join(task_only)}: task-specific ETD only (drop "
+                             "--no-task-specific)")
+        distill = _given(o, ("mode", "backend"))
     style = distill.pop("style", o["style"])
     _, res = etd(o["teacher"], _task(o), o["out"], strategy=o["strategy"], style=style,
                  task_specific=o["task_specific"], num_layers=o["num_layers"] or 3,

@@ -217,6 +217,8 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
       "--unlabelled", "movie-sentences,text:/no/such.txt"], "--unlabelled text:/no/such.txt"),
     (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
       "--glove", "/no/glove.txt"], "--glove"),
+    (["distill", "etd", "--teacher", "t", "--task", "x", "--out", "{out}", "--no-task-specific",
+      "--step2-lr", "1e-4", "--alpha", "0.2"], "--step2-lr, --alpha: task-specific ETD only"),
     (["bench", "nope"], "invalid choice"),
 ])
 def test_more_mistakes(argv, needle, tmp_path, capsys):

@@ -207,3 +207,17 @@ def test_collate_pads_and_keeps_lengths():
     assert b["s_input"].tolist() == [[5, 6, 7], [8, 0, 0]] and b["s_lengths"].tolist() == [3, 1]
     assert b["t_attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert b["labels"].dtype == torch.long and b["t_logits"].shape == (2, 2)
+
+
+def test_unlabelled_sources_are_read_never_taken_as_sentences(tmp_path):
+    from kdfast.data.tasks import unlabelled_sentences
+    from kdfast.distill.plumbing import sentences_from
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("one line\n\nanother line\none line\n")
+    want = ["one line", "another line"]
+    assert unlabelled_sentences([str(text)]) == unlabelled_sentences([f"text:{text}"]) == want
+    assert sentences_from([str(text)]) == want  # a plain file path is a source
+    assert sentences_from(["a sentence", "another"]) == ["a sentence", "another"]
+    with pytest.raises(ValueError, match="unknown task"):
+        unlabelled_sentences(["no-such-task"])

@@ -69,7 +69,7 @@ def training_sentences(task: Task) -> list[str]:
 
 def sentences_from(unlabelled, task: Task | None = None, *, seed: int = 0) -> list[str]:
     """Unlabelled sentences: ``unlabelled`` is a list of sentences, or of sources for
-    :func:`kdfast.data.tasks.unlabelled_sentences` (task names, ``text:PATH``); None gives
+    :func:`kdfast.data.tasks.unlabelled_sentences` (task names, text files); None gives
     the task's training sentences. Raises ValueError when there are none."""
     from kdfast.data.tasks import OFFLINE, unlabelled_sentences
 
@@ -80,7 +80,8 @@ def sentences_from(unlabelled, task: Task | None = None, *, seed: int = 0) -> li
     elif isinstance(unlabelled, str):
         raise TypeError("unlabelled must be a list of sentences or of sources, not a string")
     elif unlabelled and all(isinstance(s, str) and (
-            s.startswith("text:") or s in OFFLINE or s.split(":", 1)[0] in ("csv", "tsv", "jsonl"))
+            s.startswith("text:") or s.split("@")[0] in OFFLINE
+            or s.split(":", 1)[0] in ("csv", "tsv", "jsonl") or Path(s).expanduser().is_file())
             for s in unlabelled):
         sentences = unlabelled_sentences(list(unlabelled), seed=seed)
     else:
