@@ -314,6 +314,16 @@ def test_finetune_distill_eval_overwrite_and_resume(env, tmp_path, capsys):
     assert res["unlabelled_sentences"] == len(set(_tiny.sentences(80, 0)[0])) + 2
 
 
+def test_max_len_beyond_the_teachers_positions(env, tmp_path, capsys):
+    from transformers import AutoConfig
+
+    positions = AutoConfig.from_pretrained(env / "bert").max_position_embeddings
+    argv = ["finetune", "--teacher", env / "bert", "--task", f"csv:{env / 'train.csv'}",
+            "--out", tmp_path / "ft", "--max-len", str(positions + 1), "--no-progress"]
+    assert_user_error(*run(argv, capsys)[::2], f"has {positions} positions")
+    assert not (tmp_path / "ft").exists()
+
+
 def test_transformer_recipes_and_extract(env, tmp_path, capsys):
     task = f"csv:{env / 'train.csv'}"
     code, _, err = run(["finetune", "--teacher", env / "bert", "--task", task,
@@ -335,7 +345,8 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
     # given as the `finetune --out` directory
     out = tmp_path / "all"
     code, _, err = run(["distill", "tinybert", "--stage", "all", "--teacher", tmp_path / "ft",
-                        "--task", task, "--out", out, "--epochs", "1"] + size + short, capsys)
+                        "--task", task, "--out", out, "--epochs", "1", "--max-len", "64"]
+                       + size + short, capsys)  # the tiny teacher has 64 positions
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
     assert res["general"]["steps"] > 0 and 0 <= res["test"]["accuracy"] <= 1

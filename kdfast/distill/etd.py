@@ -224,7 +224,7 @@ def init_comparison(teacher, task, *, strategies=("none", "impt", "rand"), steps
         raise ValueError("init_comparison needs the 'none' (random init) baseline")
     task = plumbing.as_task(task)
     t_model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
-        teacher, tokenizer, num_labels=task.num_labels, need_head=True)
+        teacher, tokenizer, num_labels=task.num_labels, need_head=True, max_len=max_len)
     c = t_model.encoder.config
     sizes = dict(num_layers=num_layers, hidden_size=hidden_size or c.hidden_size,
                  num_heads=num_heads or c.num_attention_heads,

@@ -42,8 +42,8 @@ def finetune(teacher, task, out_dir, *, tokenizer=None, max_len: int = 64, overw
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
     task = plumbing.as_task(task)
     cfg.metric = train.get("metric") or task.metric
-    model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer,
-                                                              num_labels=task.num_labels)
+    model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
+        teacher, tokenizer, num_labels=task.num_labels, max_len=max_len)
     if model.has_trained_head:
         raise ValueError("this teacher already has a fine-tuned head")
     freeze_teacher(model, train_layers)

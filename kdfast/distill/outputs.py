@@ -81,15 +81,21 @@ def _temp_beside(path: Path, suffix: str = "") -> Path:
     return Path(tmp)
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write(path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then renamed over it: ``path``
+    holds the old file or the whole new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path, obj) -> None:
@@ -100,14 +106,7 @@ def atomic_save(obj, path) -> None:
     """``torch.save`` that never leaves half a file at ``path``."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_save_dir(path, write) -> None:

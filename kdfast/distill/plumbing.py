@@ -92,13 +92,13 @@ def sentences_from(unlabelled, task: Task | None = None, *, seed: int = 0) -> li
 
 
 def load_teacher_and_tokenizer(teacher, tokenizer=None, *, num_labels=None,
-                               need_head: bool = False, encoder: bool = False):
+                               need_head: bool = False, encoder: bool = False, max_len=None):
     """``(model, tokenizer, path or None)``, loaded once per recipe.
 
     ``encoder=False``: a :class:`~kdfast.models.TeacherClassifier` (``need_head``: it must
     carry a fine-tuned head with ``num_labels`` labels). ``encoder=True``: a pre-trained
     encoder (general distillation, task-agnostic ETD). An in-memory teacher needs
-    ``tokenizer=``."""
+    ``tokenizer=``. ``max_len``, when given, must fit the teacher's position embeddings."""
     if encoder:
         model, path = load_encoder(teacher)
         vocab = model.config.vocab_size
@@ -123,6 +123,11 @@ def load_teacher_and_tokenizer(teacher, tokenizer=None, *, num_labels=None,
     if len(tokenizer) > vocab:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the teacher's vocabulary "
                          f"has {vocab}: teacher/tokenizer vocabulary mismatch")
+    positions = getattr((model if encoder else model.encoder).config, "max_position_embeddings",
+                        None)
+    if max_len is not None and positions is not None and max_len > positions:
+        raise ValueError(f"max_len={max_len} but the teacher has {positions} positions "
+                         f"(max_position_embeddings): use a max_len <= {positions}")
     return model, tokenizer, path
 
 

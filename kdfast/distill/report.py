@@ -2,11 +2,9 @@
 each written atomically (the caller writes on rank 0 only)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from kdfast.distill.outputs import atomic_write_json, atomic_write_text
+from kdfast.distill.outputs import atomic_write, atomic_write_json, atomic_write_text
 
 
 def plot_losses(path, curves: dict) -> bool:
@@ -28,15 +26,10 @@ def plot_losses(path, curves: dict) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return True
 
 

@@ -65,10 +65,10 @@ def sra(teacher, task, out_dir, *, tokenizer=None, sra_teacher=None, unlabelled=
                                          metric=train.get("metric") or task.metric))
     s1_teacher, tokenizer, s1_path = plumbing.load_teacher_and_tokenizer(
         sra_teacher if sra_teacher is not None else teacher, tokenizer,
-        num_labels=task.num_labels)
+        num_labels=task.num_labels, max_len=max_len)
     if stage2 == "tang":
         t_model, _, t_path = plumbing.load_teacher_and_tokenizer(
-            teacher, tokenizer, num_labels=task.num_labels, need_head=True) \
+            teacher, tokenizer, num_labels=task.num_labels, need_head=True, max_len=max_len) \
             if sra_teacher is not None else (s1_teacher, tokenizer, s1_path)
         if not t_model.has_trained_head:
             raise ValueError("stage2='tang' needs a fine-tuned teacher: run `kdfast finetune` "

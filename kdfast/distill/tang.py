@@ -298,7 +298,8 @@ def tang(teacher, task, out_dir, *, tokenizer=None, loss="mse", augment=True, n_
     cfg = opts.train_config(task, dict(train, seed=seed, progress=progress,
                                        metric=train.get("metric") or task.metric))
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
-        teacher, tokenizer, num_labels=task.num_labels, need_head=loss != "ce")
+        teacher, tokenizer, num_labels=task.num_labels, need_head=loss != "ce",
+        max_len=opts.max_len)
     if student is None:
         student = build_student("tang", t_model, tokenizer, task.num_labels,
                                 embeddings=embeddings, embedding_mode=embedding_mode,

@@ -187,10 +187,11 @@ def check_student(student, teacher_config, style="tinybert") -> None:
 
 # ------------------------------------------------------------------------- general distillation
 def general_distill(teacher, sentences, out_dir, *, student, tokenizer=None, mode=DEFAULT_MODE,
-                    style="tinybert", max_len: int = 128, seed: int = 0, overwrite=False,
+                    style="tinybert", max_len: int | None = None, seed: int = 0, overwrite=False,
                     resume=False, progress=True, backend="auto", callbacks=(), **train):
     """General distillation on unlabelled ``sentences``: returns ``(TransformerStudent,
-    results)``; the student (a BertModel) is saved to ``out_dir/general/student``."""
+    results)``; the student (a BertModel) is saved to ``out_dir/general/student``.
+    ``max_len``: see :func:`general_setup`."""
     run = general_setup(teacher, sentences, tokenizer=tokenizer, mode=mode, style=style,
                         max_len=max_len, seed=seed, progress=progress, backend=backend, **train)
     check_student(student, run.teacher_config, style)
@@ -200,13 +201,16 @@ def general_distill(teacher, sentences, out_dir, *, student, tokenizer=None, mod
 
 
 def general_setup(teacher, sentences, *, tokenizer=None, mode=DEFAULT_MODE, style="tinybert",
-                  max_len=128, seed=0, progress=True, backend="auto", **train):
+                  max_len=None, seed=0, progress=True, backend="auto", **train):
     """Checks the options and loads what general distillation needs (writes nothing);
-    returns ``run(out_dir, student, *, resume, callbacks) -> (student, results)``."""
-    _check_common(mode, style, max_len)
+    returns ``run(out_dir, student, *, resume, callbacks) -> (student, results)``.
+    ``max_len`` default: 128 tokens, or the teacher's positions if it has fewer."""
+    _check_common(mode, style, max_len or 1)
     cfg = plumbing.train_config(GENERAL_TRAIN, dict(train, seed=seed, progress=progress))
-    enc, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer, encoder=True)
+    enc, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer, encoder=True,
+                                                            max_len=max_len)
     t_cfg = base_bert(enc).config
+    max_len = max_len or min(128, t_cfg.max_position_embeddings)
     data = encode(tokenizer, list(sentences), None, None, max_len=max_len, student=False)
     if not data:
         raise ValueError("general distillation needs unlabelled sentences; none were given")
@@ -280,7 +284,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     plumbing.check_probability("alpha", alpha)
     cfg2.alpha, cfg2.temperature = alpha, temperature  # what step 2's report and results say
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
-        teacher, tokenizer, num_labels=task.num_labels, need_head=True)
+        teacher, tokenizer, num_labels=task.num_labels, need_head=True, max_len=max_len)
     t_cfg = base_bert(t_model).config
     dev, test = (plumbing.encode_split(tokenizer, getattr(task, s), max_len, student=False)
                  for s in ("dev", "test"))
@@ -337,7 +341,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
 
 
 # ------------------------------------------------------------------------- both stages
-GENERAL_SHARED = ("tokenizer", "mode", "style", "seed", "progress", "backend")
+GENERAL_SHARED = ("tokenizer", "mode", "style", "seed", "progress", "backend", "max_len")
 
 
 def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unlabelled=None,
