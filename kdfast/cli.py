@@ -407,9 +407,8 @@ def cmd_etd(o) -> int:
 
 
 def cmd_extract(o) -> int:
-    import torch
-
     from kdfast.distill.outputs import MARKER, atomic_save_dir
+    from kdfast.distill.trainer import torch_device
     from kdfast.etd import extract, importance
     from kdfast.data.tokenize import make_batches
     from kdfast.models.teachers import load_bert
@@ -422,7 +421,7 @@ def cmd_extract(o) -> int:
         raise ValueError("give the student's size: " + ", ".join(_flag(k) for k in missing))
     if o["strategy"] == "impt" and not o["task"]:
         raise ValueError("--strategy impt needs --task (the sentences to score importance on)")
-    device = o["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(o["device"])
     teacher, tokenizer, _ = load_bert(o["teacher"])
     teacher.to(device)
     imp = None

@@ -222,3 +222,18 @@ def test_training_visits_every_example_once_per_epoch_in_length_groups():
     for epoch in (seen[:5], seen[5:]):
         assert sorted(x for b in epoch for x in b) == sorted(1 + n % 9 for n in range(40))
     assert sum(max(b) - min(b) for b in seen) <= 20  # similar lengths (random batches: ~70)
+
+
+def test_asking_for_rank_0_never_joins_a_process_group(monkeypatch):
+    """is_rank0 is asked before the Distiller knows its device (output checks): it must read
+    torchrun's RANK, not join a group whose backend would follow the GPU, not --device."""
+    from kdfast.distill.trainer import is_rank0
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not is_rank0() and not torch.distributed.is_initialized()
+    monkeypatch.setenv("RANK", "0")
+    assert is_rank0() and not torch.distributed.is_initialized()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert is_rank0()

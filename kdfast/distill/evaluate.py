@@ -56,13 +56,14 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     batch)."""
     from kdfast.data import metrics as M
     from kdfast.data.tasks import Task, load_task
+    from kdfast.distill.trainer import torch_device
     from kdfast.data.tokenize import collate, encode, length_batches, load_tokenizer, to_device
 
     task = task if isinstance(task, Task) else load_task(task)
     if split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, got {split!r}")
     model, kind = load_classifier(path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch_device(device)
     model.to(device).eval()
     data = getattr(task, split)
     examples = encode(load_tokenizer(str(path)), data.texts, data.texts_b, data.labels,

@@ -12,7 +12,7 @@ from kdfast.data.fetch import fingerprint
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
-from kdfast.distill.trainer import TrainConfig, init_distributed, is_rank0
+from kdfast.distill.trainer import TrainConfig, init_distributed, is_rank0, torch_device
 from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
 
 __all__ = ["as_task", "check_choice", "check_positive_int", "check_probability", "encode_split",
@@ -224,11 +224,6 @@ def encode_split(tokenizer, split, max_len: int, *, student: bool = True, teache
                  labels: bool = True):
     return encode(tokenizer, split.texts, split.texts_b, split.labels if labels else None,
                   max_len=max_len, student=student, teacher=teacher)
-
-
-def torch_device(name=None) -> torch.device:
-    """``name``'s device; by default the GPU when there is one."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # ------------------------------------------------------------------------- outputs

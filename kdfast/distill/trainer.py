@@ -65,7 +65,12 @@ SCHEDULERS = ("constant", "linear")
 CACHED = {"logits": "t_logits", "vector": "t_vec"}  # teacher output -> cached example field
 
 __all__ = ["Distiller", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "TrainState",
-           "init_distributed", "is_rank0"]
+           "init_distributed", "is_rank0", "torch_device"]
+
+
+def torch_device(name=None) -> torch.device:
+    """``name``'s device; by default the GPU when there is one (the one place that decides)."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @dataclass
@@ -192,10 +197,13 @@ def init_distributed(device_type: str = "cpu"):
     return _dist()
 
 
-def is_rank0(device_type: str | None = None) -> bool:
-    """Whether this process writes outputs (rank 0, or no process group)."""
-    d = init_distributed(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return d is None or d.get_rank() == 0
+def is_rank0() -> bool:
+    """Whether this process writes outputs: rank 0 of the process group, or, before the group
+    is joined, of the one torchrun describes (``RANK``); True without torchrun. Asking never
+    joins a group, so its backend follows the device that trains (``--device cpu`` on a GPU
+    host: gloo)."""
+    d = _dist()
+    return int(os.environ.get("RANK", "0")) == 0 if d is None else d.get_rank() == 0
 
 
 def _rng_state():
@@ -233,7 +241,7 @@ class Distiller:
         self._lengths = None  # example lengths for group_by_length, computed once
         self.tokenizer, self.callbacks = tokenizer, list(callbacks)
         self._check_data()
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch_device(cfg.device)
         self.dist = init_distributed(self.device.type)
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
