@@ -373,12 +373,12 @@ def _bert_size(o, default_layers):
 
     from kdfast.models.teachers import resolve_teacher_path
 
+    from kdfast.models.transformer import student_sizes
+
     given = _given(o, BERT_SIZE)
     if len(given) < 4:
         t = AutoConfig.from_pretrained(resolve_teacher_path(o["teacher"]))
-        given = {"num_layers": default_layers, "hidden_size": t.hidden_size,
-                 "num_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size,
-                 **given}
+        given = student_sizes(t, **{"num_layers": default_layers, **given})
     return given
 
 
@@ -409,7 +409,7 @@ def cmd_etd(o) -> int:
 def cmd_extract(o) -> int:
     from kdfast.distill.outputs import MARKER, atomic_save_dir
     from kdfast.distill.trainer import torch_device
-    from kdfast.etd import extract, importance
+    from kdfast.etd import extract, importance, select_units
     from kdfast.data.tokenize import make_batches
     from kdfast.models.teachers import load_bert
 
@@ -423,6 +423,7 @@ def cmd_extract(o) -> int:
         raise ValueError("--strategy impt needs --task (the sentences to score importance on)")
     device = torch_device(o["device"])
     teacher, tokenizer, _ = load_bert(o["teacher"])
+    select_units(teacher.config, strategy="rand", seed=0, **sizes)  # sizes fail before scoring
     teacher.to(device)
     imp = None
     if o["strategy"] == "impt":

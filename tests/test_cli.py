@@ -358,6 +358,11 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
     from transformers import BertModel
 
     assert BertModel.from_pretrained(out).config.num_hidden_layers == 1
+    too_wide = ["--num-layers", "1", "--hidden-size", "1024", "--num-heads", "2",
+                "--intermediate-size", "16"]  # wider than the teacher: refused before scoring
+    argv = ["extract", "--teacher", env / "bert", "--task", f"text:{env / 'train.csv'}",
+            "--out", tmp_path / "wide", "--no-progress"] + too_wide
+    assert_user_error(*run(argv, capsys)[::2], "hidden")
     before = snapshot(out)
     assert_user_error(*run(["extract", "--teacher", env / "bert", "--strategy", "rand",
                             "--out", out] + size, capsys)[::2], "--overwrite")

@@ -28,7 +28,8 @@ from kdfast.distill.objectives import check_pair
 from kdfast.distill.tinybert import STEP1_TRAIN, general_setup, task_setup, teacher_taps
 from kdfast.distill.trainer import Distiller
 from kdfast.models.teachers import TeacherClassifier
-from kdfast.models.transformer import TransformerStudent, as_classifier, base_bert, student_config
+from kdfast.models.transformer import (TransformerStudent, as_classifier, base_bert,
+                                      student_config, student_sizes)
 
 STRATEGIES = ("impt", "rand", "none")
 
@@ -179,9 +180,8 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
         sentences = plumbing.sentences_from(unlabelled, task, seed=seed)
         run = general_setup(teacher, sentences, **common)
     t_model, c = run.teacher, run.teacher_config
-    sizes = dict(num_layers=num_layers, hidden_size=hidden_size or c.hidden_size,
-                 num_heads=num_heads or c.num_attention_heads,
-                 intermediate_size=intermediate_size or c.intermediate_size)
+    sizes = student_sizes(c, num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                          intermediate_size=intermediate_size)
     _check_sizes(c, sizes, style, strategy)
     plumbing.check_out(out_dir, overwrite=overwrite, resume=resume)
 
@@ -226,9 +226,8 @@ def init_comparison(teacher, task, *, strategies=("none", "impt", "rand"), steps
     t_model, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
         teacher, tokenizer, num_labels=task.num_labels, need_head=True, max_len=max_len)
     c = t_model.encoder.config
-    sizes = dict(num_layers=num_layers, hidden_size=hidden_size or c.hidden_size,
-                 num_heads=num_heads or c.num_attention_heads,
-                 intermediate_size=intermediate_size or c.intermediate_size)
+    sizes = student_sizes(c, num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                          intermediate_size=intermediate_size)
     _check_sizes(c, sizes, style, "rand")
     train = plumbing.encode_split(tokenizer, task.train, max_len, student=False)
     out = {"setup": {"steps": steps, "batch_size": batch_size, "lr": lr, "mode": mode,

@@ -55,6 +55,15 @@ def base_bert(model):
     return base
 
 
+def student_sizes(teacher_config, *, num_layers: int, hidden_size: int | None = None,
+                  num_heads: int | None = None, intermediate_size: int | None = None) -> dict:
+    """A student's four sizes: those given, the teacher's width, heads and FFN for the rest."""
+    t = teacher_config
+    return dict(num_layers=num_layers, hidden_size=hidden_size or t.hidden_size,
+                num_heads=num_heads or t.num_attention_heads,
+                intermediate_size=intermediate_size or t.intermediate_size)
+
+
 def student_config(teacher_config, *, num_layers: int, hidden_size: int, num_heads: int,
                    intermediate_size: int, num_labels: int | None = None):
     """A BertConfig for a student: the teacher's vocabulary, positions and types with the
