@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdfast.distill.checks import check_choice, check_positive, check_probability
 from kdfast.losses import (
     attention_kl,
     attention_kl_qk,
@@ -74,12 +75,9 @@ class LogitLoss:
     components: dict = {}
 
     def __init__(self, kind: str = "mse", alpha: float = 0.0, temperature: float = 1.0):
-        if kind not in LOGIT_KINDS:
-            raise ValueError(f"kind must be one of {LOGIT_KINDS}, got {kind!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_choice("kind", kind, LOGIT_KINDS)
+        check_probability("alpha", alpha)
+        check_positive("temperature", temperature)
         self.kind, self.alpha, self.temperature = kind, alpha, temperature
         self.name = kind
 
@@ -239,8 +237,7 @@ class TinyBERTLoss:
     def __init__(self, student, teacher_config, *, stage="intermediate", mode="exact",
                  style="tinybert", temperature: float = 1.0, alpha: float = 0.0,
                  attention="qk", backend="auto"):
-        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+        check_probability("alpha", alpha)
         if alpha and stage != "prediction":
             raise ValueError("alpha (hard labels) applies to the prediction stage only")
         if mode not in MODES:

@@ -12,33 +12,18 @@ from kdfast.data.fetch import fingerprint
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
+from kdfast.distill.checks import check_choice, check_positive, check_positive_int, check_probability
 from kdfast.distill.trainer import TrainConfig, init_distributed, is_rank0, torch_device
 from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
 
-__all__ = ["as_task", "check_choice", "check_positive_int", "check_probability", "encode_split",
+__all__ = ["as_task", "check_choice", "check_positive", "check_positive_int", "check_probability",
+           "encode_split",
            "fingerprint", "labelled_logits", "load_teacher_and_tokenizer", "output_dir",
            "rank0_first", "sentences_from", "teacher_id", "teacher_outputs", "torch_device",
            "train_config", "training_sentences", "write_results"]
 
 
-# ------------------------------------------------------------------------- option checks
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_positive_int(name: str, value, *, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def check_probability(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-
-
+# ------------------------------------------------------------------------- options
 def train_config(defaults: dict, *overrides) -> TrainConfig:
     """The recipe's training defaults updated by ``overrides`` (dicts; None values are
     skipped), validated: a bad option fails here, before the recipe writes anything. Epochs

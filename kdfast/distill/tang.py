@@ -243,8 +243,7 @@ class TangOptions:
             plumbing.check_probability("alpha", self.alpha)
         if self.p_mask + self.p_pos > 1:
             raise ValueError(f"p_mask + p_pos must be <= 1, got {self.p_mask + self.p_pos}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        plumbing.check_positive("temperature", self.temperature)
         plumbing.check_positive_int("max_len", self.max_len)
         if not student_given:
             check_student_options(embeddings=self.embeddings, embedding_mode=self.embedding_mode,

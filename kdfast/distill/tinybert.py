@@ -267,8 +267,7 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     plumbing.check_positive_int("n_a", n_a)
     plumbing.check_probability("p_t", p_t)
     plumbing.check_positive_int("k", k)
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    plumbing.check_positive("temperature", temperature)
     common = dict(train, seed=seed, progress=progress)
     cfg1 = plumbing.train_config(STEP1_TRAIN, common, step1)
     cfg2 = plumbing.train_config(STEP2_TRAIN, common, step2)

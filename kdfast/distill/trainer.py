@@ -57,6 +57,8 @@ import torch
 from kdfast.data import metrics as M
 from kdfast.data.tokenize import collate, example_length, length_batches, length_grouped, to_device
 from kdfast.distill import outputs
+from kdfast.distill.checks import (check_choice, check_positive, check_positive_int,
+                                   check_probability)
 from kdfast.distill.objectives import LOSSES, make_loss
 from kdfast.integrations.logging import DeviceMeans, open_writer, resolve_report_to
 
@@ -117,38 +119,27 @@ class TrainConfig:
         return cfg
 
     def validate(self):
-        def positive_int(name, v, none_ok=True):
-            if v is None and none_ok:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
         if not isinstance(self.group_by_length, bool):
             raise TypeError(f"group_by_length must be a bool, got {self.group_by_length!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        positive_int("batch_size", self.batch_size, none_ok=False)
-        positive_int("eval_batch_size", self.eval_batch_size, none_ok=False)
-        positive_int("log_every", self.log_every, none_ok=False)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("eval_batch_size", self.eval_batch_size)
+        check_positive_int("log_every", self.log_every)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
                 or not self.epochs > 0:
             raise ValueError(f"epochs must be > 0 (max_steps, when given, stops earlier), got "
                              f"{self.epochs!r}")
-        positive_int("max_steps", self.max_steps)
-        positive_int("min_steps", self.min_steps)
-        positive_int("eval_every", self.eval_every)
-        positive_int("patience", self.patience)
-        positive_int("checkpoint_every", self.checkpoint_every)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_positive_int("max_steps", self.max_steps, none_ok=True)
+        check_positive_int("min_steps", self.min_steps, none_ok=True)
+        check_positive_int("eval_every", self.eval_every, none_ok=True)
+        check_positive_int("patience", self.patience, none_ok=True)
+        check_positive_int("checkpoint_every", self.checkpoint_every, none_ok=True)
+        check_probability("alpha", self.alpha)
+        check_positive("temperature", self.temperature)
+        check_positive("lr", self.lr)
         if not 0.0 < self.rho <= 1.0:
             raise ValueError(f"rho must lie in (0, 1], got {self.rho}")
         if not self.weight_decay >= 0:
