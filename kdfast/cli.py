@@ -372,7 +372,6 @@ def _bert_size(o, default_layers):
     from transformers import AutoConfig
 
     from kdfast.models.teachers import resolve_teacher_path
-
     from kdfast.models.transformer import student_sizes
 
     given = _given(o, BERT_SIZE)
@@ -677,7 +676,8 @@ def check_before_running(o) -> None:
     """What can be checked without work: files named by options, the output directory."""
     from kdfast.distill.outputs import check_output_dir
 
-    for flag, spec in [("task", o.get("task"))] + [("unlabelled", s) for s in o.get("unlabelled") or ()]:
+    specs = [("task", o.get("task"))] + [("unlabelled", s) for s in o.get("unlabelled") or ()]
+    for flag, spec in specs:
         fmt, _, rest = (spec or "").partition(":")
         if fmt in ("csv", "tsv", "jsonl", "text") and rest and not Path(rest).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec}: no such file {rest}")

@@ -12,15 +12,15 @@ from kdfast.data.fetch import fingerprint
 from kdfast.data.tasks import Task, load_task
 from kdfast.data.tokenize import collate, encode, length_batches, to_device
 from kdfast.distill import outputs
-from kdfast.distill.checks import check_choice, check_positive, check_positive_int, check_probability
+from kdfast.distill.checks import (check_choice, check_positive, check_positive_int,
+                                   check_probability)
 from kdfast.distill.trainer import TrainConfig, init_distributed, is_rank0, torch_device
 from kdfast.models.teachers import TeacherClassifier, load_encoder, load_teacher, resolve_teacher_path
 
 __all__ = ["as_task", "check_choice", "check_positive", "check_positive_int", "check_probability",
-           "encode_split",
-           "fingerprint", "labelled_logits", "load_teacher_and_tokenizer", "output_dir",
-           "rank0_first", "sentences_from", "teacher_id", "teacher_outputs", "torch_device",
-           "train_config", "training_sentences", "write_results"]
+           "encode_split", "fingerprint", "labelled_logits", "load_teacher_and_tokenizer",
+           "output_dir", "rank0_first", "sentences_from", "teacher_id", "teacher_outputs",
+           "torch_device", "train_config", "training_sentences", "write_results"]
 
 
 # ------------------------------------------------------------------------- options

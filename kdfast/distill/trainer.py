@@ -15,9 +15,9 @@ teacher's ``forward_batch(batch)``).
 
 :meth:`Distiller.train` is :meth:`~Distiller.restore`, then per batch :meth:`~Distiller.step`,
 :meth:`~Distiller.evaluate_dev` when due and :meth:`~Distiller.checkpoint` when due:
-* one permutation per epoch, seeded by ``seed`` and the epoch, regrouped into batches of similar length
-  (``group_by_length``, default on: about half the padding work of random batches);
-  checkpoints (``out_dir/checkpoint/last.pt``,
+* one permutation per epoch, seeded by ``seed`` and the epoch, regrouped into batches of
+  similar length (``group_by_length``, default on: about half the padding work of random
+  batches); checkpoints (``out_dir/checkpoint/last.pt``,
   written atomically) hold model, optimiser, scheduler, RNG states, step and the position in
   the epoch, so ``resume=True`` continues exactly where the last checkpoint left off;
 * DDP under ``torchrun`` (gloo on CPU, nccl on GPU): each global batch of ``batch_size``
