@@ -330,7 +330,7 @@ def test_the_bilstm_width_is_lstm_hidden_size(tiny, tmp_path):
 
 
 def test_demo_uses_bf16_only_where_the_cpu_computes_it(monkeypatch):
-    """Emulated bf16 made the demo's teacher fine-tuning 5-6x slower than fp32 on an AVX2 CPU."""
+    """Emulated bf16 made the demo's teacher fine-tuning ~20x slower than fp32 on an AVX2 CPU."""
     import kdfast.demo as demo
 
     assert demo.OPTIONS["bf16"][0] is None  # auto
