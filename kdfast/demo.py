@@ -4,7 +4,7 @@
    epochs) on ``movie-sentences``;
 2. builds Tang et al.'s transfer set (the training sentences + augmented copies), labelled
    with the teacher's logits and cached on disk;
-3. distils a Tang BiLSTM student (logit MSE) on it;
+3. distils a Tang BiLSTM student on it (logit MSE with the hard labels mixed in, alpha 0.5);
 4. trains the same BiLSTM on the hard labels alone;
 5. (``--sra``) SRA: stage 1 on the training sentences with the *pre-trained* teacher's mean
    sentence vector, stage 2 on hard labels, against the same max-pooling BiLSTM from its
@@ -186,7 +186,7 @@ def run_demo(args) -> int:
 
     # 2-3. transfer set + distilled student: every recipe with its defaults
     t0 = time.perf_counter()
-    print("[2/4] transfer set and Tang distillation (logit MSE), the recipe's defaults")
+    print("[2/4] transfer set and Tang distillation, the recipe's defaults")
     common = dict(tokenizer=tokenizer, overwrite=True, device="cpu", seed=0, **report)
     distilled, r_kd = _cached(out / "tang", fresh, lambda: tang(
         str(t_dir), task, out / "tang", transfer_cache=out / "transfer.pt", **common))
