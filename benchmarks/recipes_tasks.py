@@ -111,7 +111,7 @@ def table(rows: list[dict], machine: str, superseded: list[dict] = (), notes=())
                      f"{100 * mean:.2f} | {100 * of_teacher:.1f} {vs} {walls} |")
     lines += ["", "Teachers (test): " + ", ".join(f"{t} {' / '.join(f'{x:.2f}' for x in sorted(v))}"
                                                    for t, v in sorted(teachers.items()))
-              + " (two values: the teacher was fine-tuned again; % of teacher is per row, "
+              + " (more than one value: the teacher was fine-tuned again; % of teacher is per row, "
               "against the row's own teacher, then averaged).", "",
               *(["## Notes", "", *(f"- {n}" for n in notes), ""] if notes else []),
               "## Commands", ""]
