@@ -86,6 +86,10 @@ def test_general_distillation_end_to_end_masked_mode(tmp_path):
     assert b < 0.8 * a, res["loss_history"]
     plain = BertModel.from_pretrained(str(tmp_path / "g" / "general" / "student"))
     assert plain.config.num_hidden_layers == 2 and plain.config.hidden_size == 8
+    for bad in (0, -1):  # max_len=None means the default; a bad value is still an error
+        with pytest.raises(ValueError, match="max_len"):
+            general_distill(teacher, texts, None, tokenizer=tok, student=SMALL, max_len=bad,
+                            max_steps=1, **FAST)
 
 
 def test_teacher_runs_once_per_step(tmp_path):

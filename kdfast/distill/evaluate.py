@@ -56,8 +56,8 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     batch)."""
     from kdfast.data import metrics as M
     from kdfast.data.tasks import Task, load_task
-    from kdfast.distill.trainer import torch_device
     from kdfast.data.tokenize import collate, encode, length_batches, load_tokenizer, to_device
+    from kdfast.distill.trainer import torch_device
 
     task = task if isinstance(task, Task) else load_task(task)
     if split not in ("train", "dev", "test"):

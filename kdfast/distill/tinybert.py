@@ -165,10 +165,10 @@ def sized_in_sentences(cfg, n_sentences: int, given) -> None:
         cfg.checkpoint_every = every
 
 
-def _check_common(mode, style, max_len):
+def _check_common(mode, style, max_len, *, none_ok=False):
     plumbing.check_choice("mode", mode, MODES)
     plumbing.check_choice("style", style, STYLES)
-    plumbing.check_positive_int("max_len", max_len)
+    plumbing.check_positive_int("max_len", max_len, none_ok=none_ok)
 
 
 def check_student(student, teacher_config, style="tinybert") -> None:
@@ -205,12 +205,13 @@ def general_setup(teacher, sentences, *, tokenizer=None, mode=DEFAULT_MODE, styl
     """Checks the options and loads what general distillation needs (writes nothing);
     returns ``run(out_dir, student, *, resume, callbacks) -> (student, results)``.
     ``max_len`` default: 128 tokens, or the teacher's positions if it has fewer."""
-    _check_common(mode, style, max_len or 1)
+    _check_common(mode, style, max_len, none_ok=True)
     cfg = plumbing.train_config(GENERAL_TRAIN, dict(train, seed=seed, progress=progress))
     enc, tokenizer, _ = plumbing.load_teacher_and_tokenizer(teacher, tokenizer, encoder=True,
                                                             max_len=max_len)
     t_cfg = base_bert(enc).config
-    max_len = max_len or min(128, t_cfg.max_position_embeddings)
+    if max_len is None:
+        max_len = min(128, t_cfg.max_position_embeddings)
     data = encode(tokenizer, list(sentences), None, None, max_len=max_len, student=False)
     if not data:
         raise ValueError("general distillation needs unlabelled sentences; none were given")
