@@ -142,12 +142,15 @@ OPTIONS = {
     "checkpoint_every": Opt(None, POSITIVE_INT, "checkpoint every N steps (and at epoch ends)"),
     "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation; "
                          "never the task's splits)"),
-    "amp": Opt(None, str, "mixed precision: auto = bf16 on a GPU", ("auto", "bf16", "off")),
+    "amp": Opt(None, str, "mixed precision: auto = bf16 on a GPU (demo: and on a CPU that "
+                          "computes bf16, AVX512-BF16 or AMX)", ("auto", "bf16", "off")),
     "device": Opt(None, DEVICE, "cpu | cuda (default: cuda when present)"),
     "report_to": Opt(None, str, "training scalars: tensorboard (in --out/tensorboard) | wandb | "
                                 "none (default: tensorboard when installed)",
                      ("tensorboard", "wandb", "none")),
-    "train_layers": Opt(None, COUNT, "fine-tune only the top N layers + head (default: all)"),
+    "train_layers": Opt(None, COUNT, "fine-tune only the top N layers + head, embeddings frozen "
+                                     "(default: all, embeddings too; demo: 6, the teacher's "
+                                     "layers)"),
     # soft targets
     "loss": Opt(None, str, "the soft loss [mse], or ce = hard labels only (tang's baseline)",
                 ("mse", "kl", "soft_ce", "ce")),
@@ -219,6 +222,15 @@ OPTIONS = {
     "layer_selection": Opt("uniform", str, "extract: which teacher layers",
                            ("uniform", "first", "last")),
     "backend": Opt("auto", str, "kernel backend", ("auto", "cpu", "cuda", "triton", "reference")),
+    # demo
+    "threads": Opt(None, POSITIVE_INT, "torch CPU threads (default: torch's choice)"),
+    "teacher_epochs": Opt(2.0, POSITIVE, "demo: teacher fine-tuning epochs"),
+    "teacher_lr": Opt(5e-5, POSITIVE, "demo: teacher fine-tuning learning rate"),
+    "sra": Opt(False, BOOL, "demo: also run SRA (pre-trained vs default-init BiLSTM)"),
+    "etd": Opt(True, BOOL, "demo: also distil an ETD-Impt 3-layer BERT student TinyBERT-style"),
+    "fresh": Opt(False, BOOL, "demo: recompute everything (clears --out, which must be kdfast's)"),
+    "quick": Opt(False, BOOL, "demo: a small smoke run (1,500 training sentences; numbers not "
+                              "meaningful)"),
     # eval
     "model": Opt(None, TEXT, "a model directory saved by kdfast (teacher or student)"),
     "split": Opt("test", str, "which split to evaluate", ("train", "dev", "test")),
@@ -477,7 +489,7 @@ def cmd_eval(o) -> int:
 def cmd_demo(o) -> int:
     from kdfast.demo import run_demo
 
-    return run_demo(argparse.Namespace(**o))
+    return run_demo({name: o[name] for name in COMMANDS["demo"].options})
 
 
 def cmd_bench(o) -> int:
@@ -499,7 +511,10 @@ DISTILL_HELP = ("distil a fine-tuned teacher into a student: tang (Tang et al. 2
 COMMANDS = {
     "info": Command(cmd_info, "versions and the kernel backends present"),
     "demo": Command(cmd_demo, "kdfast's main job on a CPU: fine-tune the offline teacher, distil "
-                              "students, print accuracy / size / speed (minutes)"),
+                              "students, print accuracy / size / speed (minutes). --out (default "
+                              "runs/demo) caches the steps; --fresh recomputes them",
+                    ("out", "threads", "train_layers", "teacher_epochs", "teacher_lr", "amp",
+                     "sra", "etd", "fresh", "quick", "report_to", "config")),
     "finetune": Command(cmd_finetune, "fine-tune a teacher (encoder + new task head) on a task",
                         ("teacher",) + TASK + ("train_layers",) + TRAIN + RUN,
                         frozenset({"task", "out"})),
@@ -566,7 +581,7 @@ def _add_option(p, name):
 
 
 def _add_extra(path, p):
-    """The few arguments outside the table: info/eval --json, bench SUITE, demo's options."""
+    """The few arguments outside the table: info/eval --json, bench SUITE."""
     if path in ("info", "eval"):
         p.add_argument("--json", action="store_true", help="print JSON")
     elif path == "bench":
@@ -575,10 +590,6 @@ def _add_extra(path, p):
         p.add_argument("suite", choices=sorted(SUITES), help="which suite")
         p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
         p.add_argument("--out", default="benchmarks/results", help="where results go")
-    elif path == "demo":
-        from kdfast.demo import add_arguments
-
-        add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,62 +19,16 @@ table: held-out (test split) accuracy, parameters, and CPU inference speed
 Word vectors: the students read the teacher's WordPiece vocabulary and their embeddings
 start from the teacher's input embeddings (384-d). Intermediate results are cached in
 ``--out`` (default ``runs/demo``) so a second run is quick; ``--fresh`` recomputes all.
-Run it also as ``python -m kdfast.demo --help``.
+``kdfast demo --help`` lists the options; ``python -m kdfast.demo`` is the same command.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import torch
-
-def _positive(typ):
-    """An argparse type: a number of type ``typ`` that is > 0."""
-    def parse(text):
-        try:
-            v = typ(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {typ.__name__}, got {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-    parse.__name__ = f"positive {typ.__name__}"
-    return parse
-
-
-def _int_range(lo, hi):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must lie in [{lo}, {hi}], got {v}")
-        return v
-    parse.__name__ = f"int in [{lo}, {hi}]"
-    return parse
-
-
-OPTIONS = {  # name: (default, type or choices, help)
-    "out": ("runs/demo", str, "work directory (cached intermediate results; kdfast's own: "
-                              "an existing directory that kdfast did not write is refused)"),
-    "threads": (None, _positive(int), "torch CPU threads (default: torch's choice)"),
-    "teacher_layers": (6, _int_range(0, 6), "fine-tune the top N teacher layers + head (6 = all)"),
-    "teacher_epochs": (2.0, _positive(float), "teacher fine-tuning epochs"),
-    "teacher_lr": (5e-5, _positive(float), "teacher fine-tuning learning rate"),
-    "bf16": (None, bool, "bfloat16 autocast for the teacher's fine-tuning (default: where the "
-                         "CPU computes bf16 natively, AVX512-BF16 or AMX)"),
-    "sra": (False, bool, "also run SRA (pre-trained vs default-init BiLSTM)"),
-    "etd": (True, bool, "also distil an ETD-Impt 3-layer BERT student TinyBERT-style"),
-    "fresh": (False, bool, "recompute everything (clears --out, which must be kdfast's)"),
-    "quick": (False, bool, "a small smoke run (1,500 training sentences): numbers not meaningful"),
-    "report_to": (None, ("tensorboard", "wandb", "none"), "training scalars of every run: "
-                  "tensorboard (event files in OUT/<run>/tensorboard: tensorboard --logdir OUT) | "
-                  "wandb | none (default: tensorboard when installed)"),
-}
 
 
 def _work_dir(out: Path, fresh: bool) -> Path:
@@ -100,25 +54,13 @@ def _native_bf16() -> bool:
                for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def _opt(args, name):
-    v = getattr(args, name, None)
-    return OPTIONS[name][0] if v is None else v
+def _measure(fn, examples):
+    """(sentences per second of ``fn(batch)`` over ``examples``, accuracy of its argmax).
+    Tokenisation is done beforehand, for both models alike."""
+    from kdfast.distill.evaluate import timed_outputs
 
-
-def _measure(fn, examples, batch_size=32):
-    """(sentences per second of ``fn(batch)`` over ``examples``, accuracy of its argmax);
-    one warm-up batch first. Tokenisation is done beforehand, for both models alike."""
-    from kdfast.data.tokenize import collate, length_batches
-
-    order = length_batches(examples, batch_size)
-    batches = [collate([examples[i] for i in idx]) for idx in order]
-    with torch.inference_mode():
-        fn(batches[len(batches) // 2])
-        t0 = time.perf_counter()
-        outs = [fn(b) for b in batches]
-        speed = len(examples) / (time.perf_counter() - t0)
-    correct = sum(int(p == examples[i]["label"]) for out, idx in zip(outs, order)
-                  for p, i in zip(out.argmax(-1).tolist(), idx))
+    out, speed = timed_outputs(fn, examples)
+    correct = sum(int(p == ex["label"]) for p, ex in zip(out.argmax(-1).tolist(), examples))
     return speed, correct / len(examples)
 
 
@@ -140,7 +82,11 @@ def _cached(out_dir, fresh, run, student_dir="student"):
     return run()
 
 
-def run_demo(args) -> int:
+DEMO_TEACHER_LAYERS = 6  # all of all-MiniLM-L6-v2's layers; its input embeddings stay frozen
+
+
+def run_demo(o: dict) -> int:
+    """The demo with the options of ``kdfast demo`` (``o``: every option, None = default)."""
     from kdfast.data.tasks import load_task
     from kdfast.data.tokenize import encode, load_tokenizer
     from kdfast.distill import etd, finetune, sra, tang
@@ -148,14 +94,18 @@ def run_demo(args) -> int:
     from kdfast.models.teachers import load_teacher, resolve_teacher_path
 
     t_start = time.perf_counter()
-    fresh, quick, bf16 = _opt(args, "fresh"), _opt(args, "quick"), _opt(args, "bf16")
-    bf16 = _native_bf16() if bf16 is None else bf16
-    out = _work_dir(Path(_opt(args, "out")), fresh)
-    if _opt(args, "threads"):
-        torch.set_num_threads(_opt(args, "threads"))
+    fresh, quick = bool(o["fresh"]), bool(o["quick"])
+    bf16 = _native_bf16() if o["amp"] in (None, "auto") else o["amp"] == "bf16"
+    train_layers = DEMO_TEACHER_LAYERS if o["train_layers"] is None else o["train_layers"]
+    if train_layers > DEMO_TEACHER_LAYERS:
+        raise ValueError(f"--train-layers: the demo's teacher has {DEMO_TEACHER_LAYERS} layers, "
+                         f"got {train_layers}")
+    out = _work_dir(Path(o["out"] or "runs/demo"), fresh)
+    if o["threads"]:
+        torch.set_num_threads(o["threads"])
     print(f"kdfast demo: CPU, {torch.get_num_threads()} threads; work directory {out}")
     times = {}
-    report = {"report_to": _opt(args, "report_to")} if _opt(args, "report_to") else {}
+    report = {"report_to": o["report_to"]} if o["report_to"] else {}
 
     task = load_task("movie-sentences", seed=0)
     if quick:
@@ -174,11 +124,11 @@ def run_demo(args) -> int:
         print(f"[1/4] teacher: using the fine-tuned teacher cached in {t_dir}")
         teacher = load_teacher(str(t_dir))
     else:
-        print(f"[1/4] fine-tuning the teacher (top {_opt(args, 'teacher_layers')} layers + head, "
-              f"{_opt(args, 'teacher_epochs')} epoch(s), {'bf16' if bf16 else 'fp32'})")
+        print(f"[1/4] fine-tuning the teacher (top {train_layers} layers + head, "
+              f"{o['teacher_epochs']} epoch(s), {'bf16' if bf16 else 'fp32'})")
         teacher, _ = finetune(base, task, out / "teacher", overwrite=True,
-                              train_layers=_opt(args, "teacher_layers"),
-                              epochs=_opt(args, "teacher_epochs"), lr=_opt(args, "teacher_lr"),
+                              train_layers=train_layers, epochs=o["teacher_epochs"],
+                              lr=o["teacher_lr"],
                               amp="bf16" if bf16 else "off", device="cpu", **report)
     times["teacher fine-tuning"] = time.perf_counter() - t0
     teacher.cpu().eval()
@@ -202,7 +152,7 @@ def run_demo(args) -> int:
     times["hard-label student"] = time.perf_counter() - t0
 
     rows = []
-    if _opt(args, "sra"):
+    if o["sra"]:
         t0 = time.perf_counter()
         print("[SRA] stage 1 (pre-trained teacher's mean sentence vector) + stage 2 (hard labels)")
         s_model, r_sra = _cached(out / "sra", fresh, lambda: sra(
@@ -214,7 +164,7 @@ def run_demo(args) -> int:
         rows += [("BiLSTM max-pool, SRA-pretrained, hard labels", s_model, r_sra["test"]["accuracy"]),
                  ("BiLSTM max-pool, default init, hard labels", m_rand, r_rand["test"]["accuracy"])]
 
-    if _opt(args, "etd"):
+    if o["etd"]:
         t0 = time.perf_counter()
         print("[ETD] ETD-Impt student (3 layers, hidden 192, 12 heads, FFN 768) extracted from "
               "the fine-tuned teacher, TinyBERT task distillation (intermediate, then prediction)")
@@ -231,7 +181,7 @@ def run_demo(args) -> int:
     table = [("teacher: all-MiniLM-L6-v2 + head (fine-tuned)", teacher, t_acc, t_speed)]
     students = [("BiLSTM, distilled (Tang et al.)", distilled, r_kd["test"]["accuracy"]),
                 ("BiLSTM, hard labels only", hard, r_hard["test"]["accuracy"])] + rows
-    if _opt(args, "etd"):
+    if o["etd"]:
         students.append(etd_row)
     for name, model, acc in students:
         model.cpu().eval()
@@ -254,29 +204,15 @@ def run_demo(args) -> int:
                          "parameters_without_embeddings": _params(m, False),
                          "cpu_sentences_per_s": s} for n, m, a, s in table],
               "threads": torch.get_num_threads(), "total_s": total, "times_s": times,
-              "transfer_set": ts, "options": {k: _opt(args, k) for k in OPTIONS},
+              "transfer_set": ts, "options": o,
               "train_sizes": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)}}
     atomic_write_json(out / "demo_results.json", result)
     curves = {"distilled": r_kd, "hard labels": r_hard}
-    if _opt(args, "sra"):
+    if o["sra"]:
         curves.update({"SRA stage 2": r_sra["stage2"], "max-pool default init": r_rand})
     _plot(out / "demo.png", curves, t_acc)
     atomic_write_text(out / "demo.md", "\n".join(lines) + "\n")
     return 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The demo's options (for ``kdfast demo``'s parser); all default to None = OPTIONS.
-    Every value is checked here, by argparse, before any work."""
-    for name, (default, typ, help_) in OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_} [default: {default}]")
-        elif isinstance(typ, tuple):
-            p.add_argument(flag, choices=typ, default=None, help=f"{help_} [default: {default}]")
-        else:
-            p.add_argument(flag, type=typ, default=None, help=f"{help_} [default: {default}]")
 
 
 def _plot(path, runs: dict, teacher_acc: float) -> None:
@@ -305,13 +241,7 @@ def _plot(path, runs: dict, teacher_acc: float) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kdfast.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_demo(p.parse_args(argv))
+if __name__ == "__main__":  # python -m kdfast.demo is kdfast demo
+    from kdfast.cli import main
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    raise SystemExit(main())
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

@@ -1,7 +1,6 @@
 """Output safety of the library's recipes and the Distiller (nothing a user has is lost, every
 option is checked before anything is written, atomic writes, checked loads) and the bad
 values that used to be accepted silently."""
-import argparse
 import hashlib
 import importlib
 import os
@@ -302,21 +301,18 @@ def test_csv_bad_inputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- demo
-def test_demo_checks_options_and_refuses_a_users_directory(tmp_path):
-    from kdfast.demo import add_arguments, run_demo
+def test_demo_checks_options_and_refuses_a_users_directory(tmp_path, capsys):
+    from kdfast.cli import main
 
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    for bad in (["--student-optimizer", "sgdx"], ["--n-iter", "0"], ["--teacher-epochs", "-1"],
-                ["--teacher-layers", "9"], ["--embedding-mode", "random2"]):
-        with pytest.raises(SystemExit):
-            p.parse_args(bad)
     d = users_dir(tmp_path)
     before = checksums(d)
-    with pytest.raises(FileExistsError, match="not written by kdfast"):
-        run_demo(p.parse_args(["--out", str(d)]))
-    with pytest.raises(FileExistsError, match="not written by kdfast"):
-        run_demo(p.parse_args(["--out", str(d), "--fresh"]))
+    for bad, says in ((["--amp", "fp8"], "--amp"), (["--teacher-epochs", "-1"], "--teacher-epochs"),
+                      (["--train-layers", "9"], "--train-layers"), (["--n-aug", "3"], "--n-aug"),
+                      (["--out", str(d)], "not written by kdfast"),
+                      (["--out", str(d), "--fresh"], "not written by kdfast")):
+        assert main(["demo", *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("kdfast demo: error:") and says in err, (bad, err)
     assert checksums(d) == before
 
 
@@ -333,7 +329,9 @@ def test_demo_uses_bf16_only_where_the_cpu_computes_it(monkeypatch):
     """Emulated bf16 made the demo's teacher fine-tuning ~20x slower than fp32 on an AVX2 CPU."""
     import kdfast.demo as demo
 
-    assert demo.OPTIONS["bf16"][0] is None  # auto
+    from kdfast.cli import COMMANDS, OPTIONS
+
+    assert "amp" in COMMANDS["demo"].options and OPTIONS["amp"].default is None  # auto
     for avx512_bf16, amx, want in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v,
                             raising=False)

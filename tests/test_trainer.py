@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from kdfast.data.tokenize import length_grouped
+from kdfast.data.tokenize import collate, in_example_order, inference_batches, length_grouped
 from kdfast.distill import Distiller, load_student
 from kdfast.nn.students import BiLSTMClassifier, SRAEncoder
 
@@ -203,6 +203,24 @@ def test_length_grouped_batches_are_a_shuffle_of_similar_lengths(n, batch_size, 
     random = sum(max(lengths[i] for i in order[k:k + batch_size]) * len(order[k:k + batch_size])
                  for k in range(0, n, batch_size))
     assert padded <= random
+
+
+@pytest.mark.parametrize("n,batch_size", [(1, 4), (7, 3), (50, 8), (33, 64)])
+def test_inference_batches_give_outputs_back_in_the_examples_order(n, batch_size):
+    data = _examples(n, seed=n)
+    indices, outs, longest = [], [], 0
+    for idx, batch in inference_batches(data, batch_size):
+        lengths = batch["s_lengths"].tolist()
+        assert min(lengths) >= longest and len(idx) <= batch_size  # batches sorted by length
+        longest = max(lengths)
+        indices.append(idx)
+        outs.append(batch["s_input"].sum(1, keepdim=True).double())  # a per-example output
+    got = in_example_order(indices, outs)
+    assert got.squeeze(1).tolist() == [float(sum(e["s_ids"])) for e in data]
+    d = Distiller(None, _student(), "mse", train_data=data, **OPTS)
+    d.cfg.eval_batch_size = batch_size
+    one_by_one = torch.cat([d.student.eval().forward_batch(collate([e])) for e in data])
+    torch.testing.assert_close(d.predict(data), one_by_one, atol=1e-5, rtol=1e-5)
 
 
 def test_training_visits_every_example_once_per_epoch_in_length_groups():

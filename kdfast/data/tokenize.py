@@ -127,6 +127,23 @@ def length_batches(examples, batch_size: int):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def inference_batches(examples, batch_size: int, device=None):
+    """``(indices, collated batch)`` for batches of similar length (on ``device`` if given). Put
+    the per-batch outputs back in the examples' order with :func:`in_example_order`."""
+    for idx in length_batches(examples, batch_size):
+        batch = collate([examples[i] for i in idx])
+        yield idx, batch if device is None else to_device(batch, device)
+
+
+def in_example_order(indices, outputs) -> torch.Tensor:
+    """Per-batch output rows (batch k holds the examples ``indices[k]``) stacked in the
+    examples' order."""
+    rows = torch.cat(list(outputs))
+    result = torch.empty_like(rows)
+    result[torch.tensor([i for idx in indices for i in idx])] = rows
+    return result
+
+
 def make_batches(tokenizer, sentences, batch_size: int, max_length: int):
     """Padded transformers batches (``input_ids``, ``attention_mask``, ...) of ``sentences``,
     in order: the input of :func:`kdfast.etd.importance`."""

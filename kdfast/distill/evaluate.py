@@ -14,6 +14,23 @@ from pathlib import Path
 import torch
 
 
+@torch.inference_mode()
+def timed_outputs(forward, examples, *, batch_size: int = 32, device=None):
+    """``(outputs of forward(batch) in the examples' order, examples per second)``. Batches are
+    collated and moved to ``device`` beforehand, so tokenisation and copies are not timed; one
+    warm-up batch of typical length runs first."""
+    from kdfast.data.tokenize import in_example_order, inference_batches
+
+    batches = list(inference_batches(examples, batch_size, device))
+    forward(batches[len(batches) // 2][1])
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = [forward(batch).float().cpu() for _, batch in batches]  # .cpu() waits for the GPU
+    seconds = time.perf_counter() - t0
+    return in_example_order([idx for idx, _ in batches], outs), len(examples) / max(seconds, 1e-9)
+
+
 def load_classifier(path):
     """``(model with forward_batch, kind)`` for a directory of one of the three kinds."""
     path = Path(path)
@@ -56,7 +73,7 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     batch)."""
     from kdfast.data import metrics as M
     from kdfast.data.tasks import Task, load_task
-    from kdfast.data.tokenize import collate, encode, length_batches, load_tokenizer, to_device
+    from kdfast.data.tokenize import encode, load_tokenizer
     from kdfast.distill.trainer import torch_device
 
     task = task if isinstance(task, Task) else load_task(task)
@@ -68,21 +85,11 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     data = getattr(task, split)
     examples = encode(load_tokenizer(str(path)), data.texts, data.texts_b, data.labels,
                       max_len=max_len)
-    order = length_batches(examples, batch_size)
-    batches = [to_device(collate([examples[i] for i in idx]), device) for idx in order]
-    model.forward_batch(batches[0])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    outs = [model.forward_batch(b).float().cpu() for b in batches]
-    seconds = time.perf_counter() - t0
-    preds = [None] * len(examples)
-    for out, idx in zip(outs, order):
-        values = out.squeeze(-1).tolist() if out.shape[-1] == 1 else out.argmax(-1).tolist()
-        for p, i in zip(values, idx):
-            preds[i] = p
+    out, speed = timed_outputs(model.forward_batch, examples, batch_size=batch_size,
+                               device=device)
+    preds = out.squeeze(-1).tolist() if out.shape[-1] == 1 else out.argmax(-1).tolist()
     return {"model": str(path), "kind": kind, "task": task.name, "split": split,
             "examples": len(examples), "metrics": M.compute(task.metric, preds, data.labels),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "examples_per_s": len(examples) / max(seconds, 1e-9), "device": str(device),
+            "examples_per_s": speed, "device": str(device),
             "threads": torch.get_num_threads()}

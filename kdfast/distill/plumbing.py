@@ -10,7 +10,7 @@ import torch
 
 from kdfast.data.fetch import fingerprint
 from kdfast.data.tasks import Task, load_task
-from kdfast.data.tokenize import collate, encode, length_batches, to_device
+from kdfast.data.tokenize import encode, in_example_order, inference_batches
 from kdfast.distill import outputs
 from kdfast.distill.checks import (check_choice, check_positive, check_positive_int,
                                    check_probability)
@@ -123,27 +123,24 @@ def teacher_outputs(teacher: TeacherClassifier, examples, *, vector: str | None 
     ``bf16``: autocast to bfloat16 (default: on a GPU only; True also on a CPU)."""
     device = torch_device(device)
     teacher.to(device).eval()
-    logits = [None] * len(examples)
-    vecs = [None] * len(examples)
-    batches = length_batches(examples, batch_size)
-    it = batches
+    batches = inference_batches(examples, batch_size, device)
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(batches, desc="teacher", unit="batch", leave=False)
+        batches = tqdm(batches, desc="teacher", unit="batch", leave=False,
+                       total=-(-len(examples) // batch_size))
     needs = ("logits", "vector") if vector else ("logits",)
-    for idx in it:
-        b = to_device(collate([examples[i] for i in idx]), device)
+    indices, logits, vecs = [], [], []
+    for idx, b in batches:
         with torch.autocast(device.type, torch.bfloat16,
                             enabled=device.type == "cuda" if bf16 is None else bool(bf16)):
             out = teacher.taps(b, needs, vector=vector)
-        lg = out["logits"].float().cpu()
-        v = out["vector"].float().cpu() if vector else None
-        for j, i in enumerate(idx):
-            logits[i] = lg[j]
-            if v is not None:
-                vecs[i] = v[j]
-    return torch.stack(logits), (torch.stack(vecs) if vector else None)
+        indices.append(idx)
+        logits.append(out["logits"].float().cpu())
+        if vector:
+            vecs.append(out["vector"].float().cpu())
+    return (in_example_order(indices, logits),
+            in_example_order(indices, vecs) if vector else None)
 
 
 def teacher_id(teacher, path=None):

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 
 from kdfast.data import metrics as M
-from kdfast.data.tokenize import collate, example_length, length_batches, length_grouped, to_device
+from kdfast.data.tokenize import (collate, example_length, in_example_order, inference_batches,
+                                  length_grouped, to_device)
 from kdfast.distill import outputs
 from kdfast.distill.checks import (check_choice, check_positive, check_positive_int,
                                    check_probability)
@@ -409,15 +410,13 @@ class Distiller:
         model = model or self.student
         was = model.training
         model.eval()
-        outs = [None] * len(data)
-        for idx in length_batches(data, self.cfg.eval_batch_size):
-            batch = to_device(collate([data[i] for i in idx]), self.device)
+        indices, outs = [], []
+        for idx, batch in inference_batches(data, self.cfg.eval_batch_size, self.device):
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-                out = model.forward_batch(batch).float().cpu()
-            for j, i in enumerate(idx):
-                outs[i] = out[j]
+                outs.append(model.forward_batch(batch).float().cpu())
+            indices.append(idx)
         model.train(was)
-        return torch.stack(outs)
+        return in_example_order(indices, outs)
 
     def evaluate(self, data, model=None) -> dict:
         """The task metric(s) of the student (or ``model``) on labelled examples."""
