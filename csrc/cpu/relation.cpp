@@ -113,6 +113,36 @@ KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc l
   return cq * loss;
 }
 
+// dS of a score tile's rows into g [nq, BK] and their loss. ss, st: the tile's student and
+// teacher scores (KL: masked keys are set to -inf in place); wk: the tile's key weights; cq:
+// the rows' weights (0: the row does not count, dS = 0); KL: the rows' lse are
+// lse_s[i * lse_stride], lse_t[i * lse_stride].
+template <class Acc>
+KDFAST_INLINE Acc tile_ds(Acc* ss, Acc* st, const Acc* wk, const Acc* cq, int64_t nq, int kind,
+                          const Acc* lse_s, const Acc* lse_t, int64_t lse_stride, Acc* g) {
+  const Acc ninf = neg_inf<Acc>();
+  Acc total = 0;
+  for (int64_t i = 0; i < nq; ++i, g += BK) {
+    if (cq[i] == Acc(0)) {
+      std::fill_n(g, BK, Acc(0));
+      continue;
+    }
+    Acc* s = ss + i * BK;
+    Acc* t = st + i * BK;
+    if (kind == REL_KL) {
+#pragma omp simd
+      for (int j = 0; j < BK; ++j) {
+        s[j] = wk[j] != Acc(0) ? s[j] : ninf;
+        t[j] = wk[j] != Acc(0) ? t[j] : ninf;
+      }
+      total += kl_row(s, t, lse_s[i * lse_stride], lse_t[i * lse_stride], cq[i], g);
+    } else {
+      total += mse_row(s, t, wk, kind == REL_TINYBERT_MSE, cq[i], g);
+    }
+  }
+  return total;
+}
+
 template <class Acc>
 struct Scratch1 {
   std::vector<Acc> buf;
@@ -242,26 +272,7 @@ KDFAST_INLINE typename C::Acc fwd_task(const RelArgs<C>& a, int64_t task, Scratc
     for (int64_t k0 = 0; k0 < Lp; k0 += BK) {
       score_tile<Tile>(w.qs, nq, ds, w.kst + k0, Lp, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt + k0, Lp, ct, w.st);
-      const Acc* wk = w.wk + k0;
-      for (int64_t i = 0; i < nq; ++i) {
-        Acc* g = w.g + i * BK;
-        if (cq[i] == Acc(0)) {
-          std::fill_n(g, BK, Acc(0));
-          continue;
-        }
-        Acc* s = w.ss + i * BK;
-        Acc* t = w.st + i * BK;
-        if (kl) {
-#pragma omp simd
-          for (int j = 0; j < BK; ++j) {
-            s[j] = wk[j] != Acc(0) ? s[j] : ninf;
-            t[j] = wk[j] != Acc(0) ? t[j] : ninf;
-          }
-          total += kl_row(s, t, lse_s[i], lse_t[i], cq[i], g);
-        } else {
-          total += mse_row(s, t, wk, tiny, cq[i], g);
-        }
-      }
+      total += tile_ds(w.ss, w.st, w.wk + k0, cq, nq, a.kind, lse_s, lse_t, 1, w.g);
       if (a.ga)  // dA += c_s * dS B_s over the tile's keys
         tile_gemm<Tile, true>(w.g, nq, BK, BK, w.ks + k0 * ds, ds, ds, cs, w.dq, ds);
       if (w.dkt)  // dB^T += c_s * A_s^T dS over the block's queries
@@ -302,9 +313,8 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
   const int64_t p = task / nkb, k0 = (task % nkb) * BK, nk = std::min<int64_t>(BK, L - k0);
   const int64_t b = p / a.R;
   const Acc* m = a.mask ? a.mask + b * L : nullptr;
-  const bool kl = a.kind == REL_KL, tiny = a.kind == REL_TINYBERT_MSE;
+  const bool tiny = a.kind == REL_TINYBERT_MSE;
   const Acc cs = Acc(1) / std::sqrt(Acc(ds)), ct = Acc(1) / std::sqrt(Acc(dt));
-  const Acc ninf = neg_inf<Acc>();
   Acc wk[BK];
   bool any_key = false;
   for (int j = 0; j < BK; ++j) {
@@ -329,26 +339,8 @@ KDFAST_INLINE void bwd_task(const RelArgs<C>& a, int64_t task, Scratch2<typename
       score_tile<Tile>(w.qs, nq, ds, w.kst, BK, cs, w.ss);
       score_tile<Tile>(w.qt, nq, dt, w.ktt, BK, ct, w.st);
       transpose_rows(w.qs, nq, ds, cq, w.qst);
-      for (int64_t i = 0; i < nq; ++i) {
-        Acc* g = w.g + i * BK;
-        if (cq[i] == Acc(0)) {
-          std::fill_n(g, BK, Acc(0));
-          continue;
-        }
-        Acc* s = w.ss + i * BK;
-        Acc* t = w.st + i * BK;
-        if (kl) {
-#pragma omp simd
-          for (int j = 0; j < BK; ++j) {
-            s[j] = wk[j] != Acc(0) ? s[j] : ninf;
-            t[j] = wk[j] != Acc(0) ? t[j] : ninf;
-          }
-          const Acc* l = a.lse + (p * L + q0 + i) * 2;
-          kl_row(s, t, l[0], l[1], cq[i], g);
-        } else {
-          mse_row(s, t, wk, tiny, cq[i], g);
-        }
-      }
+      const Acc* lse = a.lse ? a.lse + (p * L + q0) * 2 : nullptr;  // KL: (lse_s, lse_t) pairs
+      tile_ds(w.ss, w.st, wk, cq, nq, a.kind, lse, lse ? lse + 1 : nullptr, 2, w.g);
       // dB^T += c_s * A_s^T dS over the tile's queries
       tile_gemm<Tile, true>(w.qst, ds, BQ, nq, w.g, BK, BK, cs, w.dkt, BK);
     }
