@@ -26,7 +26,7 @@ RECIPES = ("etd-step1", "etd-step2", "tang")
 STUDENT = dict(num_layers=3, hidden_size=192, num_heads=12, intermediate_size=768)
 
 
-def distiller(recipe, teacher, tokenizer, task, examples):
+def distiller(recipe, teacher, tokenizer, task, examples, student=STUDENT):
     from kdfast.distill.objectives import LogitLoss, TinyBERTLoss
     from kdfast.distill.tang import build_student
     from kdfast.distill.tinybert import teacher_taps, transformer_student
@@ -38,7 +38,7 @@ def distiller(recipe, teacher, tokenizer, task, examples):
         return Distiller(None, st, LogitLoss("mse"), train_data=examples, optimizer="adadelta",
                          **opts)
     cfg = teacher.encoder.config
-    st = transformer_student(STUDENT, cfg, task.num_labels)
+    st = transformer_student(student, cfg, task.num_labels)
     stage = "intermediate" if recipe == "etd-step1" else "prediction"
     st.capture = stage == "intermediate"
     loss = TinyBERTLoss(st, cfg, stage=stage, mode="masked")

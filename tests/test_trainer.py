@@ -205,6 +205,28 @@ def test_length_grouped_batches_are_a_shuffle_of_similar_lengths(n, batch_size, 
     assert padded <= random
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_is_the_fused_kernel_with_the_same_update(optimizer):
+    """The per-tensor loop took 3-8x longer on a CPU (benchmarks/results/optimizer-cpu*.md)."""
+    data = _examples(24)
+    runs = []
+    for fused in (True, False):
+        d = Distiller(None, _student(dropout=0.0), "mse", train_data=data, max_steps=3,
+                      **{**OPTS, "optimizer": optimizer, "weight_decay": 0.01})
+        d.setup()
+        assert bool(d.opt.defaults.get("fused")) and type(d.opt).__name__.lower() == optimizer
+        if not fused:
+            d.opt = type(d.opt)(d.student.parameters(), lr=1e-2, weight_decay=0.01,
+                                foreach=False)
+            d.sched = d._make_scheduler(d.opt, d.total)
+        torch.manual_seed(0)
+        for k in range(3):
+            d.step(collate(data[8 * k:8 * k + 8]))
+        runs.append(d.student.state_dict())
+    for k, v in runs[0].items():
+        torch.testing.assert_close(v, runs[1][k], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("n,batch_size", [(1, 4), (7, 3), (50, 8), (33, 64)])
 def test_inference_batches_give_outputs_back_in_the_examples_order(n, batch_size):
     data = _examples(n, seed=n)

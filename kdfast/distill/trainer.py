@@ -310,10 +310,12 @@ class Distiller:
         c = self.cfg
         if c.optimizer == "adadelta":
             return torch.optim.Adadelta(params, lr=c.lr, rho=c.rho, weight_decay=c.weight_decay)
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer in ("adam", "adamw"):
+            # The fused kernel: the same update, one pass over the parameters. The default
+            # per-tensor loop on a CPU took 3-8x longer (benchmarks/results/optimizer-cpu.md).
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+            adam = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
+            return adam(params, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None)
         return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _make_scheduler(self, opt, total):
