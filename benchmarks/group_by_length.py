@@ -26,7 +26,9 @@ RECIPES = ("etd-step1", "etd-step2", "tang")
 STUDENT = dict(num_layers=3, hidden_size=192, num_heads=12, intermediate_size=768)
 
 
-def distiller(recipe, teacher, tokenizer, task, examples, student=STUDENT):
+def distiller(recipe, teacher, tokenizer, task, examples, student=STUDENT, optimizer=None):
+    """A Distiller for one recipe's step (``optimizer``: default adadelta for Tang, as measured
+    here, adamw for ETD)."""
     from kdfast.distill.objectives import LogitLoss, TinyBERTLoss
     from kdfast.distill.tang import build_student
     from kdfast.distill.tinybert import teacher_taps, transformer_student
@@ -35,15 +37,15 @@ def distiller(recipe, teacher, tokenizer, task, examples, student=STUDENT):
     opts = dict(batch_size=32, progress=False, amp="off", max_steps=10 ** 6, report_to="none")
     if recipe == "tang":
         st = build_student("tang", teacher, tokenizer, task.num_labels)
-        return Distiller(None, st, LogitLoss("mse"), train_data=examples, optimizer="adadelta",
-                         **opts)
+        return Distiller(None, st, LogitLoss("mse"), train_data=examples,
+                         optimizer=optimizer or "adadelta", **opts)
     cfg = teacher.encoder.config
     st = transformer_student(student, cfg, task.num_labels)
     stage = "intermediate" if recipe == "etd-step1" else "prediction"
     st.capture = stage == "intermediate"
     loss = TinyBERTLoss(st, cfg, stage=stage, mode="masked")
-    return Distiller(teacher_taps(teacher), st, loss, train_data=examples, optimizer="adamw",
-                     lr=1e-4, **opts)
+    return Distiller(teacher_taps(teacher), st, loss, train_data=examples,
+                     optimizer=optimizer or "adamw", lr=1e-4, **opts)
 
 
 def epoch_batches(examples, batch_size, seed=0):

@@ -1,11 +1,12 @@
-"""Training steps with the fused AdamW (the Distiller's default since it was measured here)
-against torch's default per-tensor AdamW loop on a CPU.
+"""Training steps with the fused Adam/AdamW (the Distiller's default since it was measured
+here) against torch's default per-tensor loop on a CPU.
 
-For ETD / TinyBERT step 1 (teacher forward + student forward, attention and hidden losses from
-Q/K, backward, AdamW) and step 2 (student against cached teacher logits), at the 3x192 and the
-3x384 student, two Distillers from the same seed step through the same length-grouped batches
-of a task's training sentences, interleaved in one process (alternating which goes first);
-one of them has its optimizer replaced by ``torch.optim.AdamW(..., foreach=False)``. Reported:
+For Tang's BiLSTM (cached teacher logits, MSE, Adam: its default) and ETD / TinyBERT step 1
+(teacher forward + student forward, attention and hidden losses from Q/K, backward, AdamW) and
+step 2 (student against cached teacher logits), at the 3x192 and the 3x384 student, two
+Distillers from the same seed step through the same length-grouped batches of a task's
+training sentences, interleaved in one process (alternating which goes first); one of them has
+its optimizer replaced by the same class with ``foreach=False``. Reported:
 median and p90 of the whole step and of ``optimizer.step()`` alone (the two compute the same
 update up to rounding; the students differ by their dropout draws). Cached
 teacher logits are random (a step's time does not depend on their values); the teacher is the
@@ -19,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -29,21 +29,15 @@ from group_by_length import distiller, epoch_batches  # noqa: E402
 
 SIZES = {"3x192": dict(num_layers=3, hidden_size=192, num_heads=12, intermediate_size=768),
          "3x384": dict(num_layers=3, hidden_size=384, num_heads=12, intermediate_size=1536)}
-STEPS = ("etd-step1", "etd-step2")
+CASES = [("tang", "BiLSTM")] + [(step, size) for size in SIZES
+                                 for step in ("etd-step1", "etd-step2")]
 
 
 def timed_optimizer_steps(d):
-    """Wraps ``d.opt.step`` to record its own time."""
-    times, step = [], d.opt.step
-
-    def timed(*a, **k):
-        t0 = time.perf_counter()
-        out = step(*a, **k)
-        times.append(time.perf_counter() - t0)
-        return out
-
-    d.opt.step = timed  # the scheduler no longer sees the step counted: it warns, wrongly
-    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+    """The times of ``d.opt.step`` (from its pre- and post-step hooks), as they happen."""
+    times, start = [], []
+    d.opt.register_step_pre_hook(lambda *_: start.append(time.perf_counter()))
+    d.opt.register_step_post_hook(lambda *_: times.append(time.perf_counter() - start.pop()))
     return times
 
 
@@ -54,15 +48,16 @@ def measure(recipe, size, teacher, tokenizer, task, examples, batches):
     runs = {}
     for name in ("fused", "per-tensor"):
         torch.manual_seed(0)
-        d = distiller(recipe, teacher, tokenizer, task, examples, SIZES[size])
+        d = distiller(recipe, teacher, tokenizer, task, examples, SIZES.get(size),
+                      "adam" if recipe == "tang" else "adamw")
         d.setup()
         if name == "per-tensor":
             params = [p for p in d.student.parameters() if p.requires_grad]
-            d.opt = torch.optim.AdamW(params, lr=d.cfg.lr, weight_decay=d.cfg.weight_decay,
-                                      foreach=False)
+            d.opt = type(d.opt)(params, lr=d.cfg.lr, weight_decay=d.cfg.weight_decay,
+                                foreach=False)
             d.sched = d._make_scheduler(d.opt, d.total)
         else:
-            assert d.opt.defaults.get("fused"), "the Distiller's AdamW is not the fused one"
+            assert d.opt.defaults.get("fused"), "the Distiller's Adam is not the fused one"
         runs[name] = (d, timed_optimizer_steps(d), [])
     for i, idx in enumerate(batches):
         batch = collate([examples[j] for j in idx])
@@ -97,14 +92,13 @@ def main() -> int:
         "minilm-l6", num_labels=task.num_labels)
     examples = plumbing.encode_split(tokenizer, task.train, 64)
     g = torch.Generator().manual_seed(0)
-    for e in examples:  # cached "teacher logits" for step 2
+    for e in examples:  # cached "teacher logits" for Tang and step 2
         e["t_logits"] = torch.randn(task.num_labels, generator=g).tolist()
     batches = epoch_batches(examples, 32)[1][:args.batches + 1]
     rows = []
-    for size in SIZES:
-        for recipe in STEPS:
-            rows.append(measure(recipe, size, teacher, tokenizer, task, examples, batches))
-            print(json.dumps(rows[-1]), flush=True)
+    for recipe, size in CASES:
+        rows.append(measure(recipe, size, teacher, tokenizer, task, examples, batches))
+        print(json.dumps(rows[-1]), flush=True)
     ms = lambda r, k: f"{1e3 * r['per-tensor'][k]:.0f} / {1e3 * r['fused'][k]:.0f}"  # noqa: E731
     cells = [[r["step"], r["student"], f"{r['parameters'] / 1e6:.1f}M",
               ms(r, "step_median_s"), ms(r, "step_p90_s"), f"{r['speedup']:.2f}x",
@@ -112,7 +106,7 @@ def main() -> int:
              for r in rows]
     write_report(
         args.results, args.name,
-        title="Training steps: fused AdamW vs the per-tensor loop (CPU)",
+        title="Training steps: fused Adam/AdamW vs the per-tensor loop (CPU)",
         about=f"Written by `benchmarks/optimizer_cpu.py` (its docstring says what is timed). "
               f"Task {args.task}: the first {args.batches} length-grouped batches of 32 of one "
               f"epoch, after one warm-up step, both optimizers interleaved in one process, "
