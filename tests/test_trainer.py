@@ -207,7 +207,7 @@ def test_length_grouped_batches_are_a_shuffle_of_similar_lengths(n, batch_size, 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_adam_is_the_fused_kernel_with_the_same_update(optimizer):
-    """The per-tensor loop took 3-8x longer on a CPU (benchmarks/results/optimizer-cpu*.md)."""
+    """The per-tensor loop took 5-10x longer on a CPU (benchmarks/results/optimizer-cpu-avx2.md)."""
     data = _examples(24)
     runs = []
     for fused in (True, False):

@@ -312,7 +312,7 @@ class Distiller:
             return torch.optim.Adadelta(params, lr=c.lr, rho=c.rho, weight_decay=c.weight_decay)
         if c.optimizer in ("adam", "adamw"):
             # The fused kernel: the same update, one pass over the parameters. The default
-            # per-tensor loop on a CPU took 3-8x longer (benchmarks/results/optimizer-cpu.md).
+            # per-tensor loop took 5-10x longer on a CPU (benchmarks/results/optimizer-cpu-avx2.md).
             fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
             adam = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
             return adam(params, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None)
