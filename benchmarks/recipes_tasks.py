@@ -78,11 +78,12 @@ def teacher(task: str, out: Path) -> tuple[Path, dict]:
     return d / "teacher", json.loads((d / "results.json").read_text())
 
 
-def table(rows: list[dict], machine: str, superseded: list[dict] = (), notes=()) -> str:
+def table(rows: list[dict], machine: str, superseded: list[dict] = (), notes=(),
+          name: str = "recipes-tasks") -> str:
     lines = ["# The recipes' defaults on real tasks (CPU)", "",
              f"Machine (of the latest row; each command below says when and on which CPU "
              f"ISA it ran, where recorded): {machine}. Written by `benchmarks/recipes_tasks.py` (rerun it to "
-             "reproduce; the exact commands are in `recipes-tasks.json` and below).", "",
+             f"reproduce; the exact commands are in `{name}.json` and below).", "",
              "Teacher: all-MiniLM-L6-v2 fine-tuned on each task by `kdfast finetune --teacher "
              "minilm-l6 --task TASK` (not counted in the wall times). Student rows: test "
              "accuracy of the student the recipe returns, per seed; wall time of the whole "
@@ -184,7 +185,7 @@ def main() -> int:
                       flush=True)
                 store.write_text(json.dumps({"machine": m, "rows": rows, "superseded": superseded,
                                              "notes": notes}, indent=1))
-                store.with_suffix(".md").write_text(table(rows, desc, superseded, notes))
+                store.with_suffix(".md").write_text(table(rows, desc, superseded, notes, args.name))
     return 0
 
 
