@@ -48,6 +48,21 @@ def distiller(recipe, teacher, tokenizer, task, examples, student=STUDENT, optim
                      optimizer=optimizer or "adamw", lr=1e-4, **opts)
 
 
+def task_examples(spec):
+    """(task, teacher, tokenizer, training examples with random cached "teacher logits" for
+    step 2 and Tang: a step's time does not depend on their values)."""
+    from kdfast.distill import plumbing
+
+    task = plumbing.as_task(spec)
+    teacher, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
+        "minilm-l6", num_labels=task.num_labels)
+    examples = plumbing.encode_split(tokenizer, task.train, 64)
+    g = torch.Generator().manual_seed(0)
+    for e in examples:
+        e["t_logits"] = torch.randn(task.num_labels, generator=g).tolist()
+    return task, teacher, tokenizer, examples
+
+
 def epoch_batches(examples, batch_size, seed=0):
     """(random, grouped): the batches of one epoch both ways, as the Distiller draws them."""
     from kdfast.data.tokenize import example_length, length_grouped
@@ -96,15 +111,8 @@ def main() -> int:
     args = p.parse_args()
 
     from kdfast.bench.harness import write_report
-    from kdfast.distill import plumbing
 
-    task = plumbing.as_task(args.task)
-    teacher, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
-        "minilm-l6", num_labels=task.num_labels)
-    examples = plumbing.encode_split(tokenizer, task.train, 64)
-    g = torch.Generator().manual_seed(0)
-    for e in examples:  # cached "teacher logits" for step 2 and Tang
-        e["t_logits"] = torch.randn(task.num_labels, generator=g).tolist()
+    task, teacher, tokenizer, examples = task_examples(args.task)
     real = sum(len(e["t_ids"]) for e in examples) / len(examples)
     rows = []
     for recipe in args.recipes:

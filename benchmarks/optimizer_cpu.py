@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from group_by_length import distiller, epoch_batches  # noqa: E402
+from group_by_length import distiller, epoch_batches, task_examples  # noqa: E402
 
 SIZES = {"3x192": dict(num_layers=3, hidden_size=192, num_heads=12, intermediate_size=768),
          "3x384": dict(num_layers=3, hidden_size=384, num_heads=12, intermediate_size=1536)}
@@ -85,15 +85,8 @@ def main() -> int:
     args = p.parse_args()
 
     from kdfast.bench.harness import write_report
-    from kdfast.distill import plumbing
 
-    task = plumbing.as_task(args.task)
-    teacher, tokenizer, _ = plumbing.load_teacher_and_tokenizer(
-        "minilm-l6", num_labels=task.num_labels)
-    examples = plumbing.encode_split(tokenizer, task.train, 64)
-    g = torch.Generator().manual_seed(0)
-    for e in examples:  # cached "teacher logits" for Tang and step 2
-        e["t_logits"] = torch.randn(task.num_labels, generator=g).tolist()
+    task, teacher, tokenizer, examples = task_examples(args.task)
     batches = epoch_batches(examples, 32)[1][:args.batches + 1]
     rows = []
     for recipe, size in CASES:
