@@ -19,12 +19,11 @@ table: held-out (test split) accuracy, parameters, and CPU inference speed
 Word vectors: the students read the teacher's WordPiece vocabulary and their embeddings
 start from the teacher's input embeddings (384-d). Intermediate results are cached in
 ``--out`` (default ``runs/demo``) so a second run is quick; ``--fresh`` recomputes all.
-``kdfast demo --help`` lists the options; ``python -m kdfast.demo`` is the same command.
+Run it as ``kdfast demo`` or ``python -m kdfast demo`` (``--help`` lists the options).
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -239,9 +238,3 @@ def _plot(path, runs: dict, teacher_acc: float) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-if __name__ == "__main__":  # python -m kdfast.demo is kdfast demo
-    from kdfast.cli import main
-
-    raise SystemExit(main(["demo", *sys.argv[1:]]))
