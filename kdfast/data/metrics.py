@@ -40,6 +40,12 @@ def pearson(preds, labels) -> float:
     return 0.0 if vp == 0 or vy == 0 else cov / math.sqrt(vp * vy)
 
 
+def predictions(outputs) -> list:
+    """A model's predictions from its outputs [N, C]: the class with the largest logit, or the
+    value itself for one output (regression)."""
+    return outputs.squeeze(-1).tolist() if outputs.shape[-1] == 1 else outputs.argmax(-1).tolist()
+
+
 def compute(metric: str, preds, labels) -> dict:
     """All metrics that make sense for ``metric``'s task type; ``metric`` itself is the key
     used for model selection."""

@@ -87,7 +87,7 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
                       max_len=max_len)
     out, speed = timed_outputs(model.forward_batch, examples, batch_size=batch_size,
                                device=device)
-    preds = out.squeeze(-1).tolist() if out.shape[-1] == 1 else out.argmax(-1).tolist()
+    preds = M.predictions(out)
     return {"model": str(path), "kind": kind, "task": task.name, "split": split,
             "examples": len(examples), "metrics": M.compute(task.metric, preds, data.labels),
             "parameters": sum(p.numel() for p in model.parameters()),

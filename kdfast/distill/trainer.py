@@ -424,7 +424,7 @@ class Distiller:
         """The task metric(s) of the student (or ``model``) on labelled examples."""
         out = self.predict(data, model)
         labels = [ex["label"] for ex in data]
-        preds = out.squeeze(-1).tolist() if out.shape[-1] == 1 else out.argmax(-1).tolist()
+        preds = M.predictions(out)
         return M.compute(self.metric, preds, labels)
 
     def evaluate_dev(self) -> bool:
