@@ -200,12 +200,14 @@ OPTIONS = {
     "style": Opt("tinybert", str, "tinybert (attention + hidden MSE) | minilm (attention KL + "
                                   "value relation)", ("tinybert", "minilm")),
     "step1_epochs": Opt(None, POSITIVE, "step 1 (intermediate layers) epochs [4 epochs of the "
-                                        "task's sentences, at least 600 steps]; given, they "
+                                        "task's sentences, at least 600 steps; half for an "
+                                        "etd student of the teacher's width]; given, they "
                                         "count over the augmented set (paper: 20)"),
     "step1_lr": Opt(None, POSITIVE, "step 1 learning rate [1e-4] (paper: 5e-5)"),
     "step2_epochs": Opt(None, POSITIVE, "step 2 (prediction layer) epochs [8 epochs of the "
                                         "task's sentences, at least 800 steps, on a "
-                                        "teacher-labelled pool]; given, they count over the "
+                                        "teacher-labelled pool; half for an etd student of "
+                                        "the teacher's width]; given, they count over the "
                                         "augmented set (paper: 3)"),
     "step2_lr": Opt(None, POSITIVE, "step 2 learning rate [3e-4 x 192 / student width, at "
                                     "most 3e-4] (paper: 3e-5)"),

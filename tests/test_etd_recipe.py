@@ -53,6 +53,27 @@ def test_etd_impt_task_specific_tinybert_style(tmp_path):
     assert plain.config.num_hidden_layers == 2 and plain.config.hidden_size == 8
 
 
+def test_depth_only_students_run_half_the_default_schedule(tmp_path, monkeypatch):
+    from kdfast.distill.etd import DEPTH_ONLY_SCHEDULE
+    from kdfast.distill.tinybert import STEP1_TRAIN, STEP2_TRAIN
+
+    monkeypatch.setitem(STEP1_TRAIN, "min_steps", 6)  # floors below the epochs'
+    monkeypatch.setitem(STEP2_TRAIN, "min_steps", 10)
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _teacher(tok)
+    run = dict(tokenizer=tok, n_a=1, k=3, **dict(FAST, batch_size=16))
+    steps = {}
+    for name, strategy, hidden in (("depth", "impt", 16), ("narrow", "impt", 8),
+                                   ("random", "none", 16)):
+        _, res = etd(teacher, _tiny.task(32), None, strategy=strategy,
+                     **dict(SIZES, hidden_size=hidden, num_heads=2, intermediate_size=32), **run)
+        r = res["results"]
+        steps[name] = (r["schedule"], r["step1"]["steps"], r["step2"]["steps"])
+    # 32 sentences = 2 batches: 4 and 8 epochs of them, halved for the teacher's width only
+    assert steps["narrow"] == steps["random"] == (1.0, 8, 16)
+    assert steps["depth"] == (DEPTH_ONLY_SCHEDULE, 4, 8)
+
+
 def test_etd_task_agnostic_minilm_style(tmp_path):
     tok = _tiny.tokenizer(tmp_path)
     teacher = _teacher(tok)

@@ -63,6 +63,18 @@ def test_default_schedules_count_epochs_in_original_sentences():
     assert user.max_steps is None  # the user's epochs count over the transfer set
 
 
+def test_a_share_of_the_default_schedule_halves_epochs_and_floor_not_a_given_floor():
+    half = plumbing.train_config(STEP1_TRAIN)
+    sized_in_sentences(half, 5000, given=set(), share=0.5)  # 2 epochs of 157 batches
+    assert half.max_steps == max(STEP1_TRAIN["min_steps"] // 2, 2 * -(-5000 // half.batch_size))
+    small = plumbing.train_config(STEP2_TRAIN)
+    sized_in_sentences(small, 100, given=set(), share=0.5)
+    assert small.max_steps == STEP2_TRAIN["min_steps"] // 2
+    floor = plumbing.train_config(STEP2_TRAIN, {"min_steps": 90})
+    sized_in_sentences(floor, 100, given={"min_steps"}, share=0.5)
+    assert floor.max_steps == 90  # the user's floor is theirs
+
+
 def test_default_task_distillation_schedule_ignores_the_augmentation_factor(tmp_path):
     tok = _tiny.tokenizer(tmp_path)
     teacher = _tiny.teacher(tok)

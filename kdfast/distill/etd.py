@@ -32,6 +32,13 @@ from kdfast.models.transformer import (TransformerStudent, as_classifier, base_b
                                       student_config, student_sizes)
 
 STRATEGIES = ("impt", "rand", "none")
+# A student extracted at the teacher's full width (heads, hidden, FFN: only layers dropped)
+# starts from the teacher's own layers, and task distillation runs this share of its default
+# schedule (both steps, epochs and floors). ETD's premise is that an extracted student needs
+# far less distillation than a random one; at 3x384 on a 5k-sentence task the dev accuracy of
+# the full schedule had levelled off by its half, and the full schedule (730 s on 2 cores)
+# missed issue 16's 10-minute budget. Measurements: benchmarks/results/recipes-tasks.md.
+DEPTH_ONLY_SCHEDULE = 0.5
 
 
 def _importance_batches(examples, batch_size, num_batches, seed):
@@ -135,6 +142,15 @@ def wrap_student(model, teacher_config, style, num_labels=None) -> TransformerSt
     return st
 
 
+def schedule_share(teacher_config, sizes, strategy) -> float:
+    """The share of task distillation's default schedule an extracted student runs:
+    :data:`DEPTH_ONLY_SCHEDULE` when it keeps every head, hidden dim and FFN neuron, else 1."""
+    full = (sizes["hidden_size"] == teacher_config.hidden_size
+            and sizes["num_heads"] == teacher_config.num_attention_heads
+            and sizes["intermediate_size"] == teacher_config.intermediate_size)
+    return DEPTH_ONLY_SCHEDULE if full and strategy != "none" else 1.0
+
+
 def _check_sizes(t_cfg, sizes, style, strategy):
     """Everything about the student's shape that can fail, before scoring or extraction."""
     from kdfast.etd import select_units
@@ -197,7 +213,8 @@ def etd(teacher, task, out_dir, *, strategy="impt", style="tinybert", task_speci
     st = wrap_student(model, c, style, task.num_labels if task_specific else None)
     out = plumbing.output_dir(out_dir, overwrite=overwrite, resume=resume)
     stage_dir = out if task_specific or out is None else out / "general"
-    st, res = run(stage_dir, st, resume=resume, callbacks=callbacks)
+    extra = {"schedule": schedule_share(c, sizes, strategy)} if task_specific else {}
+    st, res = run(stage_dir, st, resume=resume, callbacks=callbacks, **extra)
     if imp is not None and out is not None and plumbing.is_rank0():
         outputs.atomic_save(imp.to_dict(), out / "importance.pt")
     res = {"strategy": strategy, "style": style, "task_specific": task_specific, "sizes": sizes,

@@ -147,17 +147,20 @@ def prediction_pool(examples, steps: int, batch_size: int, reuse: float = STEP2_
     return [e for e in examples if e["copy"] <= k]
 
 
-def sized_in_sentences(cfg, n_sentences: int, given) -> None:
+def sized_in_sentences(cfg, n_sentences: int, given, share: float = 1.0) -> None:
     """A default schedule counts its epochs in the task's own sentences: augmented copies
     widen the pool the batches are drawn from, not the number of steps (``max_steps`` :=
     ``max(min_steps, epochs * batches of the training set)``, dev evaluated after each
     such epoch, at most ten times, and checkpointed there so that ``--resume`` loses little).
+    ``share`` scales the default epochs and floor (not a floor the user gave).
     Epochs or steps the user gave (``given``) count over the whole transfer set, as in the
     paper."""
     if {"epochs", "max_steps"} & set(given):
         return
     per_epoch = math.ceil(n_sentences / cfg.batch_size)
-    cfg.max_steps = max(cfg.min_steps or 1, math.ceil(cfg.epochs * per_epoch))
+    floor = (cfg.min_steps or 1) if "min_steps" in given else \
+        math.ceil(share * (cfg.min_steps or 1))
+    cfg.max_steps = max(floor, math.ceil(share * cfg.epochs * per_epoch))
     every = min(max(per_epoch, cfg.max_steps // 10), cfg.max_steps)
     if cfg.eval_every is None:  # dev model selection once per epoch of sentences
         cfg.eval_every = every
@@ -289,10 +292,11 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     dev, test = (plumbing.encode_split(tokenizer, getattr(task, s), max_len, student=False)
                  for s in ("dev", "test"))
 
-    def run(out_dir, student, *, resume=False, callbacks=()):
+    def run(out_dir, student, *, resume=False, callbacks=(), schedule: float = 1.0):
+        """``schedule``: the share of both steps' default schedules to run (ETD, depth only)."""
         st = transformer_student(student, t_cfg, task.num_labels, style=style, seed=seed)
         taps = teacher_taps(t_model, style)
-        results = {"mode": mode, "style": style, "alpha": alpha,
+        results = {"mode": mode, "style": style, "alpha": alpha, "schedule": schedule,
                    "selection": "step 1: last weights (no task metric); step 2: best dev "
                                 f"{cfg2.metric}"}
         stage = dict(tokenizer=tokenizer, resume=resume, stage=True, callbacks=callbacks)
@@ -301,8 +305,8 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
                                  p_t=p_t, k=k, mlm=mlm, glove=glove, seed=seed,
                                  max_len=max_len, cache=cache, teacher_path=t_path)
         results["transfer_examples"] = len(data)
-        sized_in_sentences(cfg1, len(task.train), given1)
-        sized_in_sentences(cfg2, len(task.train), given2)
+        sized_in_sentences(cfg1, len(task.train), given1, schedule)
+        sized_in_sentences(cfg2, len(task.train), given2, schedule)
         if "intermediate" in steps:
             loss = TinyBERTLoss(st, t_cfg, stage="intermediate", mode=mode, style=style,
                                 backend=backend)
