@@ -37,7 +37,8 @@ STRATEGIES = ("impt", "rand", "none")
 # schedule (both steps, epochs and floors). ETD's premise is that an extracted student needs
 # far less distillation than a random one; at 3x384 on a 5k-sentence task the dev accuracy of
 # the full schedule had levelled off by its half, and the full schedule (730 s on 2 cores)
-# missed issue 16's 10-minute budget. Measurements: benchmarks/results/recipes-tasks.md.
+# missed issue 16's 10-minute budget. Measurements: benchmarks/results/recipes-budget.md
+# (the budget) and recipes-tasks.md (five tasks).
 DEPTH_ONLY_SCHEDULE = 0.5
 
 
