@@ -159,7 +159,7 @@ def sources(pattern):
 
 
 # No -march=native: the wheel must run on any x86-64. Hot loops are compiled per ISA with
-# target_clones and picked at load time (see csrc/include/kdfast/cpu_dispatch.h).
+# target_clones and picked at load time (KDFAST_CPU_CLONES in csrc/include/kdfast/cpu_math.h).
 cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 extensions = [
     CppExtension(

@@ -1,6 +1,6 @@
 // Torch glue of the CUDA unit-importance reduction: checks, allocation, the current stream
 // and the CUDA registration of kdfast::unit_taylor (schema in csrc/cpu/importance.cpp).
-// Compiled only where torch has CUDA (not on the CPU-only build machine).
+// Built only where torch has CUDA; tests/test_cuda_compile.py type-checks it elsewhere.
 #include <torch/extension.h>
 
 #include <ATen/cuda/CUDAContext.h>

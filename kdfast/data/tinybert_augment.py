@@ -1,4 +1,4 @@
-"""TinyBERT's data augmentation (Jiao et al., METHODS.md s.3): word replacement by candidates.
+"""TinyBERT's data augmentation (Jiao et al. 2020): word replacement by candidates.
 
 For every word of a sentence (words and punctuation from :func:`kdfast.data.augment.words`;
 punctuation and other non-alphanumeric units are never replaced) a candidate list of up to

@@ -110,7 +110,7 @@ def length_grouped(order: list, lengths, batch_size: int, generator, window: int
     """``order`` (a shuffle) regrouped into batches of similar length, in random order: each run
     of ``window`` batches is sorted by length and cut into batches, then the batches are
     shuffled; a short last batch stays last. On movie sentences random batches of 32 are padded
-    to 52 tokens for 27 real ones; these to 29, so a step does about half the work."""
+    to 51 tokens for 27 real ones; these to 29, so a step does about half the work."""
     span = batch_size * window
     batches = []
     for s in range(0, len(order), span):

@@ -1,4 +1,4 @@
-"""ETD (Chen et al. 2021, METHODS.md s.4): extract a student from the teacher, then distil it.
+"""ETD (Chen et al. 2021): extract a student from the teacher, then distil it.
 
 1. Importance (``strategy="impt"``): :func:`kdfast.etd.importance` on ``importance_batches``
    batches -- the task loss through the fine-tuned head for task-specific ETD, the label-free

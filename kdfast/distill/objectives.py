@@ -214,7 +214,7 @@ def tinybert_attention_mse(s, t, att_map, mask, *, mode="exact", attention="qk",
 
 
 class TinyBERTLoss:
-    """TinyBERT (Jiao et al., METHODS.md s.3) on a :class:`~kdfast.models.TransformerStudent`.
+    """TinyBERT (Jiao et al. 2020) on a :class:`~kdfast.models.TransformerStudent`.
 
     ``stage="intermediate"``: attention MSE on raw scores + hidden MSE through ``fit_dense``
     (uniform layer map, embedding output as layer 0; ``style="minilm"``: last-layer attention

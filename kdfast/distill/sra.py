@@ -1,4 +1,4 @@
-"""SRA (Wu et al. 2020, METHODS.md s.2): non-task-specific distillation of BERT into a BiLSTM
+"""SRA (Wu et al. 2020): non-task-specific distillation of BERT into a BiLSTM
 by sentence representation approximation.
 
 1. Stage 1 (task-agnostic): on unlabelled sentences, a BiLSTM encoder learns to reproduce the

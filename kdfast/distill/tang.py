@@ -1,4 +1,4 @@
-"""Tang et al. 2019 (METHODS.md s.1): distil a fine-tuned teacher into a (siamese) BiLSTM.
+"""Tang et al. 2019: distil a fine-tuned teacher into a (siamese) BiLSTM.
 
 1. Transfer set: the training sentences plus ``n_iter`` augmented copies each (masking,
    POS-guided replacement, n-gram sampling), every example labelled with the teacher's
@@ -48,7 +48,7 @@ TRANSFER_BUDGET = 15_000
 # The weight of the hard labels for classification (0 for regression) unless given: the paper's
 # objective with alpha = 0.5. On the larger tasks the budget leaves one augmented copy per
 # sentence, and the soft term alone gained only ~1.5 points over hard labels there; with both
-# terms, +3.3 to +4.8 on all four tasks of benchmarks/results/recipes-tasks.md (two seeds
+# terms, +3.07 to +4.76 on all five tasks of benchmarks/results/recipes-tasks.md (two seeds
 # each). `--alpha 0` is the paper's pure distillation.
 TANG_ALPHA = 0.5
 

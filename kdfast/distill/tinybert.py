@@ -1,4 +1,4 @@
-"""TinyBERT (Jiao et al., METHODS.md s.3): two-stage transformer distillation.
+"""TinyBERT (Jiao et al. 2020): two-stage transformer distillation.
 
 * :func:`general_distill` -- general distillation: attention + hidden-state (+ embedding
   output) losses on unlabelled text; the teacher is a pre-trained, not fine-tuned, encoder.

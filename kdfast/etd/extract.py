@@ -1,4 +1,4 @@
-"""Extraction: a smaller BERT whose weights are slices of the teacher's (ETD, METHODS.md s.4).
+"""Extraction: a smaller BERT whose weights are slices of the teacher's (ETD, Chen et al. 2021).
 
 ``extract(teacher, num_layers=, hidden_size=, num_heads=, intermediate_size=)`` picks
 

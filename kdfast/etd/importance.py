@@ -1,7 +1,7 @@
 """Importance scoring for Extract-then-Distill: heads, FFN neurons and hidden dimensions.
 
 ``importance(model, batches)`` runs ONE forward and ONE backward per batch and scores all
-three unit kinds from that pass (METHODS.md section 4):
+three unit kinds from that pass (ETD-Impt, Chen et al. 2021):
 
 * head h of layer l:  |sum ctx_h * dL/dctx_h|  (= |dL/dxi_h| for a head-mask gate xi = 1,
   Michel et al. 2019), summed over the batch's tokens and the head's dims;
@@ -69,7 +69,7 @@ class Importance:
 
 
 class MaskedProxyLoss:
-    """Label-free proxy loss for encoders without a task head (METHODS.md section 4).
+    """Label-free proxy loss for encoders without a task head (as MiniLM-style encoders are).
 
     MSE between the encoder's last hidden state on token-masked input and its own detached
     last hidden state on the clean input, over real (attention-mask) tokens. ``mask_prob`` of

@@ -1,4 +1,4 @@
-"""Student networks on top of :class:`kdfast.nn.BiLSTM` (METHODS.md sections 1 and 2).
+"""Student networks on top of :class:`kdfast.nn.BiLSTM` (Tang et al. 2019; Wu et al. 2020).
 
 * :class:`BiLSTMEncoder` -- word embeddings -> BiLSTM -> sentence vector. Embedding modes
   (Kim 2014 / Tang et al.): ``random`` and ``non-static`` (trainable), ``static`` (frozen),

@@ -1,4 +1,5 @@
-"""ONE registration for every fused-gradient op family (softmax_kd, attention, value_relation).
+"""ONE registration for every fused-gradient op family (softmax_kd, attention, value_relation,
+relation).
 
 A fused-gradient op has the schema ``op(student, teacher, ..., compute_grad) -> (loss, grad)``:
 ``student`` is a tensor or a list of tensors, ``grad`` the matching gradient buffer(s) that

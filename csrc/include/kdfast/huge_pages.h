@@ -1,8 +1,9 @@
 // Ask Linux for transparent huge pages on a freshly allocated, still untouched CPU buffer.
-// Large gradient buffers are fresh mmap'd memory: writing them first costs one page fault
-// per 4 KiB page, which on this class of machine made the first write ~4x slower than the
-// whole loss kernel. With MADV_HUGEPAGE (THP mode "madvise", the common default) the kernel
-// faults 2 MiB pages instead. Purely advisory: errors are ignored, other systems do nothing.
+// Large fresh buffers (today the BiLSTM's gate, output and gradient buffers) are mmap'd memory:
+// writing them first costs one page fault per 4 KiB page (where first measured, a loss kernel's
+// gradient buffer, the first write was ~4x slower than the whole kernel). With MADV_HUGEPAGE
+// (THP mode "madvise", the common default) the kernel faults 2 MiB pages instead. Purely
+// advisory: errors are ignored, other systems do nothing.
 #pragma once
 
 #include <cstddef>
