@@ -255,6 +255,9 @@ BERT_SIZE = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 TRANSFORMER = ("mode", "style", "augment", "n_aug", "p_t", "k", "glove", "step1_epochs",
                "step1_lr", "step2_epochs", "step2_lr", "alpha", "temperature", "unlabelled",
                "backend")
+# TRANSFORMER's options that only task distillation uses (refused for a general stage)
+TASK_ONLY = tuple(k for k in TRANSFORMER if k not in ("mode", "style", "augment", "unlabelled",
+                                                      "backend"))
 REQUIRED = {"teacher", "task", "out"}
 
 
@@ -358,6 +361,13 @@ def _transformer(o):
     return kw
 
 
+def _refuse(o, keys, why):
+    """A user error naming every option of ``keys`` given on the command line."""
+    given = [_flag(k) for k in keys if o.get(k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: {why}")
+
+
 def _unlabelled(o):
     if not o.get("unlabelled"):
         return None
@@ -369,15 +379,22 @@ def _unlabelled(o):
 def cmd_tinybert(o) -> int:
     from kdfast.distill import tinybert
 
+    if o["stage"] == "general":
+        _refuse(o, TASK_ONLY, "task distillation only (--stage task or all)")
+    if o["stage"] == "task":
+        _refuse(o, ("unlabelled", "general_teacher"), "general distillation only (--stage "
+                "general or all)")
     task = _task(o)
     student = o["student"] or _bert_size(o, default_layers=4)
     unl = _unlabelled(o)  # None: the task's training sentences (general stage)
     train = _train(o)
     seed = train.pop("seed", 0)
+    shared = _given(o, ("mode", "style", "backend"))
+    task_kw = {**_transformer(o), **train} if o["stage"] != "general" else shared
     _, res = tinybert(o["teacher"], task, o["out"], stage=o["stage"],
                       general_teacher=o["general_teacher"], unlabelled=unl, student=student,
                       general=dict(train) if o["stage"] != "task" else None, seed=seed,
-                      max_len=o["max_len"], **_transformer(o), **_run(o), **train)
+                      max_len=o["max_len"], **_run(o), **task_kw)
     _summary(res, f"student: {o['out']}")
     return 0
 
@@ -403,11 +420,7 @@ def cmd_etd(o) -> int:
     if o["task_specific"]:
         distill = _transformer(o)
     else:  # general distillation: no augmentation, steps or prediction layer
-        task_only = [_flag(k) for k in TRANSFORMER if o.get(k) is not None
-                     and k not in ("mode", "style", "augment", "unlabelled", "backend")]
-        if task_only:
-            raise ValueError(f"{', '.join(task_only)}: task-specific ETD only (drop "
-                             "--no-task-specific)")
+        _refuse(o, TASK_ONLY, "task-specific ETD only (drop --no-task-specific)")
         distill = _given(o, ("mode", "backend"))
     style = distill.pop("style", o["style"])
     _, res = etd(o["teacher"], _task(o), o["out"], strategy=o["strategy"], style=style,

@@ -219,6 +219,10 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
       "--glove", "/no/glove.txt"], "--glove"),
     (["distill", "etd", "--teacher", "t", "--task", "x", "--out", "{out}", "--no-task-specific",
       "--step2-lr", "1e-4", "--alpha", "0.2"], "--step2-lr, --alpha: task-specific ETD only"),
+    (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}", "--stage",
+      "general", "--n-aug", "5", "--step1-epochs", "2"], "--n-aug, --step1-epochs: task distil"),
+    (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
+      "--general-teacher", "g"], "--general-teacher: general distillation only"),
     (["bench", "nope"], "invalid choice"),
 ])
 def test_more_mistakes(argv, needle, tmp_path, capsys):

@@ -130,6 +130,10 @@ def test_a_bad_tang_option_writes_nothing(tiny, tmp_path, bad, monkeypatch):
                                         stage="all", student=SIZES, general={"lr": -1}), "lr"),
     (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
                                         student=SIZES, n_a=-1), "n_a"),
+    (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
+                                        stage="general", student=SIZES, n_a=3), "n_a"),
+    (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
+                                        student=SIZES, unlabelled=["a b"]), "unlabelled"),
     (lambda t, tok, task, out: finetune(_tiny.teacher(tok), task, out, tokenizer=tok,
                                         batch_size=0), "batch_size"),
 ])

@@ -359,6 +359,12 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
     if student is None:
         raise ValueError("give student= (a config dict with num_layers, hidden_size, num_heads, "
                          "intermediate_size; a directory; or a transformers model)")
+    if stage == "task" and (general_teacher, unlabelled, general) != (None, None, None):
+        raise ValueError("general_teacher, unlabelled and general are general-stage options: "
+                         "use stage='general' or 'all'")
+    if stage == "general" and set(kw) - set(GENERAL_SHARED):
+        raise ValueError(f"{', '.join(sorted(set(kw) - set(GENERAL_SHARED)))}: task distillation "
+                         "options, unused by stage='general' (its training options go in general=)")
     if stage == "task":
         return task_distill(teacher, task, out_dir, student=student, overwrite=overwrite,
                             resume=resume, callbacks=callbacks, **kw)
