@@ -41,6 +41,25 @@ def _teacher(tok, layers=4, seed=0):
     return t
 
 
+def test_the_general_stages_fit_dense_goes_on_to_task_distillation(tmp_path):
+    # TinyBERT's task distillation starts from the general student *and* its projection
+    from kdfast.distill.tinybert import transformer_student
+
+    tok = _tiny.tokenizer(tmp_path)
+    cfg = _teacher(tok).encoder.config
+    general = transformer_student(SMALL, cfg, None, seed=1)
+    with torch.no_grad():
+        general.fit_dense.weight.add_(1.0)  # "trained": no fresh init gives these
+    general.save_pretrained(tmp_path / "general")
+    for given in (general, tmp_path / "general", str(tmp_path / "general")):
+        st = transformer_student(given, cfg, 3, seed=2)
+        assert st.num_labels == 3
+        torch.testing.assert_close(st.fit_dense.weight, general.fit_dense.weight)
+    # a bare model (no projection to keep) gets a fresh one
+    st = transformer_student(general.model, cfg, 3, seed=2)
+    assert not torch.equal(st.fit_dense.weight, general.fit_dense.weight)
+
+
 def _first_last(history, n=3):
     losses = [v for _, v in history]
     return sum(losses[:n]) / n, sum(losses[-n:]) / n

@@ -28,10 +28,12 @@ from kdfast.distill import plumbing
 from kdfast.distill.objectives import MODES, STYLES, TinyBERTLoss, check_pair
 from kdfast.distill.trainer import Distiller
 from kdfast.models.transformer import (
+    FIT_DENSE_FILE,
     TeacherTaps,
     TransformerStudent,
     base_bert,
     build_transformer,
+    load_transformer_student,
     student_config,
 )
 
@@ -70,13 +72,19 @@ def step2_lr(hidden_size: int) -> float:
 # ------------------------------------------------------------------------- pieces
 def transformer_student(student, teacher_config, num_labels=None, *, style="tinybert", seed=0):
     """A :class:`TransformerStudent` (with ``fit_dense`` when the widths differ) from a config
-    dict, a directory, a model or a TransformerStudent."""
+    dict, a directory, a model or a TransformerStudent. A TransformerStudent, or a directory a
+    recipe wrote, keeps its trained ``fit_dense`` (as TinyBERT's task distillation reloads the
+    general stage's) where it still maps the student's width to this teacher's."""
+    if isinstance(student, (str, Path)) and (Path(student) / FIT_DENSE_FILE).is_file():
+        student = load_transformer_student(student)
     model = build_transformer(student, teacher_config, num_labels, seed)
-    if isinstance(student, TransformerStudent):
-        student.model = model
-        return student
     value_layers = [model.config.num_hidden_layers - 1] if style == "minilm" else ()
-    return TransformerStudent(model, teacher_config.hidden_size, value_layers=value_layers)
+    fresh = TransformerStudent(model, teacher_config.hidden_size, value_layers=value_layers)
+    if isinstance(student, TransformerStudent) and student.fit_dense is not None \
+            and fresh.fit_dense is not None \
+            and student.fit_dense.weight.shape == fresh.fit_dense.weight.shape:
+        fresh.fit_dense = student.fit_dense
+    return fresh
 
 
 def teacher_taps(teacher, style="tinybert") -> TeacherTaps:
@@ -382,7 +390,7 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
                                   callbacks=callbacks)
     res = {"general": res_general}
     if stage == "all":
-        st, r = task_setup_run(out / "task" if out else None, st.model, resume=resume,
+        st, r = task_setup_run(out / "task" if out else None, st, resume=resume,
                                callbacks=callbacks)
         res.update(r)
     plumbing.write_results(out, res)
