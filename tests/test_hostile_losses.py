@@ -471,6 +471,28 @@ def test_empty_intermediate_helpers():
     assert torch.isfinite(losses.hidden_mse([h], [torch.randn(2, 3, 4)], attention_mask=m))
 
 
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_hidden_mse_padding_reaches_no_gradient(side):
+    # NaN or any value at a padded position: the loss and every gradient (student, projection)
+    # are those of the same batch with harmless values there
+    m = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    hs, ht = torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 6, dtype=torch.float64)
+
+    def run(fill):
+        s, t = hs.clone(), ht.clone()
+        (s if side == "student" else t)[1, 3:] = fill
+        s.requires_grad_()
+        proj = losses.Projection(4, 6).double()
+        torch.nn.init.constant_(proj.weight, 0.1)
+        torch.nn.init.constant_(proj.bias, -0.2)
+        out = losses.hidden_mse([s], [t], projection=proj, attention_mask=m)
+        out.backward()
+        return out.detach(), s.grad, proj.weight.grad, proj.bias.grad
+
+    for got, want in zip(run(NAN), run(0.5)):
+        torch.testing.assert_close(got, want)
+
+
 # ---------------------------------------------------------------- autograd
 
 def _gradgrad_fns(backend):

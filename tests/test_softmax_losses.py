@@ -255,6 +255,37 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got_g, want_g)
 
 
+@pytest.mark.skipif(not _ext.has("cpu"), reason="kdfast._C not built")
+def test_torch_compile_fullgraph_with_labels():
+    # the label range check runs on the device under compile: no data-dependent branch
+    s, t = make((6, 11), dtype=torch.float32, seed=6)
+    labels = torch.tensor([0, 3, -100, 10, 2, 5])
+
+    def step(student, teacher, y):
+        return losses.distillation_loss(student, teacher, y, alpha=0.3, backend="cpu")
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    want, want_g = loss_and_grad(step, s, t, y=labels)
+    got, got_g = loss_and_grad(compiled, s, t, y=labels)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_g, want_g)
+    with pytest.raises(RuntimeError, match="labels must lie in"):
+        compiled(s, t, torch.tensor([0, 3, -100, 11, 2, 5]))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_narrow_integer_labels_are_not_wrapped(backend, dtype):
+    # compared in int64: -100 or 300 in uint8/int8 would wrap onto real classes
+    s, t = make((5, 300), seed=7)
+    labels = torch.tensor([120, 3, 4, 0, 126], dtype=dtype)
+    got = losses.distillation_loss(s, t, labels, alpha=1.0, backend=backend)
+    torch.testing.assert_close(got, F.cross_entropy(s.detach(), labels.long()))
+    ignore = 255 if dtype == torch.uint8 else 120  # a real label value, not a wrapped one
+    got = losses.distillation_loss(s, t, labels, alpha=1.0, ignore_index=ignore, backend=backend)
+    torch.testing.assert_close(got, F.cross_entropy(s.detach(), labels.long(), ignore_index=ignore))
+
+
 def test_backend_env_forces_choice(monkeypatch):
     monkeypatch.setenv("KDFAST_BACKEND", "reference")
     assert _backend.resolve("auto", torch.device("cpu")) == "reference"

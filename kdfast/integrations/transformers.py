@@ -276,7 +276,7 @@ class DistillationTrainer(Trainer):
         elif labels.dtype.is_floating_point:
             labelled = full(labels.numel())
         else:
-            labelled = (labels.to(device) != -100).long().sum()
+            labelled = (labels.to(device).long() != -100).long().sum()  # uint8 would wrap
         return torch.stack([full(bsz), labelled, tokens, pairs, full(bsz * length),
                             full(bsz * length * length)])
 

@@ -268,6 +268,9 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
     for i, (hs, ht) in enumerate(zip(s, t)):
         _checks.tensor(f"student_hidden[{i}]", hs)
         _checks.tensor(f"teacher_hidden[{i}]", ht)
+        if hs.device != ht.device:
+            raise ValueError(f"student_hidden[{i}] is on {hs.device} but teacher_hidden[{i}] is "
+                             f"on {ht.device}")
         if hs.dim() != 3 or ht.dim() != 3 or hs.shape[:2] != ht.shape[:2]:
             raise ValueError(
                 f"student_hidden[{i}] {tuple(hs.shape)} and teacher_hidden[{i}] {tuple(ht.shape)} "
@@ -276,6 +279,11 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
         if ht.shape[-1] == 0 or hs.shape[-1] == 0:
             raise ValueError(f"student_hidden[{i}] {tuple(hs.shape)} and teacher_hidden[{i}] "
                              f"{tuple(ht.shape)} must have a width d >= 1")
+        m = None if tinybert_compat else _mask(attention_mask, hs.shape[0], hs.shape[1], ht)
+        if m is not None:  # padding zeroed on both sides: a NaN there reaches no gradient
+            real = m.unsqueeze(-1) != 0
+            hs, ht = (torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                      for x in (hs, ht))
         p = _project(projection, hs, i) if projection is not None else hs
         if p.shape[-1] != ht.shape[-1]:
             raise ValueError(
@@ -283,13 +291,12 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
                 f"has {ht.shape[-1]}: pass projection=Projection({hs.shape[-1]}, {ht.shape[-1]})"
             )
         acc = _acc(p.dtype)
-        sq = (p.to(acc) - ht.to(acc)).pow(2)
-        if tinybert_compat or attention_mask is None:
-            layer = sq.sum() / max(1, sq.numel())  # an empty batch (B or L = 0) gives 0
-        else:
-            m = _mask(attention_mask, hs.shape[0], hs.shape[1], ht)
-            per_token = torch.where(m != 0, sq.sum(-1), torch.zeros_like(m))  # padding: 0, NaN too
-            layer = per_token.sum() / (m.sum() * ht.shape[-1]).clamp_min(1)
+        diff = p.to(acc) - ht.to(acc)
+        if m is None:
+            layer = diff.pow(2).sum() / max(1, diff.numel())  # an empty batch (B or L = 0) gives 0
+        else:  # the projection's bias makes padded rows nonzero: they are dropped again here
+            diff = torch.where(real, diff, torch.zeros((), dtype=acc, device=diff.device))
+            layer = diff.pow(2).sum() / (m.sum() * ht.shape[-1]).clamp_min(1)
         total = layer if total is None else total + layer
     return total if total.dtype == torch.float64 else total.float()
 

@@ -48,11 +48,13 @@ def _softmax_family(student, teacher, *, kind, temperature, reduction, mask, coe
     soft_w = _row_weights(mask, s.shape[0], classes, reduction, coef * (1.0 - alpha), acc, s.device)
     hard_w = flat_labels = None
     if labels is not None:
-        flat_labels = labels.reshape(-1)
+        flat_labels = labels.reshape(-1).long()  # int8/uint8 would wrap ignore_index, classes
         valid = flat_labels != ignore_index
         if mask is not None:
             valid = valid & mask.reshape(-1)
-        if s.device.type == "cuda":  # checked on the device, without a host sync
+        # on the device without a host sync (CUDA, or any tensor under torch.compile, where a
+        # data-dependent branch would break the graph); eagerly on the CPU with the bad label
+        if s.device.type == "cuda" or torch.compiler.is_compiling():
             in_range = ((flat_labels >= 0) & (flat_labels < classes)) | ~valid
             torch._assert_async(in_range.all(), "labels must lie in [0, num_classes) or be ignore_index")
         elif flat_labels.numel() and bool((((flat_labels < 0) | (flat_labels >= classes)) & valid).any()):
@@ -60,7 +62,7 @@ def _softmax_family(student, teacher, *, kind, temperature, reduction, mask, coe
             raise ValueError(f"labels must lie in [0, {classes}) or equal ignore_index={ignore_index}, got {bad}")
         valid_f = valid.to(acc)
         hard_w = valid_f * alpha if reduction == "none" else valid_f * (alpha / valid_f.sum().clamp_min(1))
-        flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels)).long()
+        flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
     rows = kd_loss(s, t, flat_labels, soft_w, hard_w, kind, temperature, backend)
     out = rows.reshape(lead) if reduction == "none" else rows.sum()
     return out if student.dtype == torch.float64 else out.float()
