@@ -167,6 +167,16 @@ def test_gradcheck_tiny():
 
 
 @needs_cpu
+def test_double_backward_is_refused_with_a_message():
+    m = BiLSTM(4, 3).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no double backward.*backend='reference'"):
+        torch.autograd.grad(m(x)[0].square().sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(m(x)[0].square().sum(), x)  # first order is unaffected
+    assert torch.isfinite(g).all()
+
+
+@needs_cpu
 @pytest.mark.parametrize("var", [False, True])
 def test_opcheck(var):
     B, T, I, H = 3, 4, 5, 3

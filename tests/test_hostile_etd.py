@@ -82,7 +82,11 @@ def _bad_batches():
         ("B=0", [{k: v[:0] for k, v in b.items()}], ValueError, "every size >= 1"),
         ("L=0", [{k: v[:, :0] for k, v in b.items()}], ValueError, "every size >= 1"),
         ("1-D ids", [{"input_ids": ids[0]}], ValueError, r"must have shape \[B, L\]"),
-        ("float ids", [{"input_ids": ids.float()}], TypeError, "integer dtype"),
+        ("float ids", [{"input_ids": ids.float()}], TypeError, "dtype torch.int64"),
+        ("uint8 ids", [{"input_ids": ids.to(torch.uint8)}], TypeError,
+         r"batch\['input_ids'\] must have dtype torch.int64"),
+        ("choices for a model without", [{"input_ids": ids[:, None].expand(-1, 2, -1)}],
+         ValueError, r"must have shape \[B, L\]"),
         ("ids list", [{"input_ids": ids.tolist()}], TypeError, "must be a torch.Tensor"),
         ("L > max_position", [{"input_ids": torch.ones(2, 41, dtype=torch.long)}], ValueError,
          "max_position_embeddings=40"),
@@ -230,6 +234,9 @@ def test_seed_none_draws_a_recorded_seed(teacher):
         assert torch.equal(v, w), k
     for bad in (1.5, "1", True):
         with pytest.raises(TypeError, match="seed must be an int or None"):
+            etd.extract(teacher, strategy="rand", seed=bad, **SIZES)
+    for bad in (2**64, -2**63 - 1):
+        with pytest.raises(ValueError, match=r"seed must lie in"):
             etd.extract(teacher, strategy="rand", seed=bad, **SIZES)
 
 

@@ -614,6 +614,12 @@ def test_backend_rule(monkeypatch):
 # ---------------------------------------------------------------- bad arguments
 
 BAD = [
+    (lambda: losses.soft_cross_entropy(*_rows(), tinybert_compat="no"), TypeError,
+     "tinybert_compat"),
+    (lambda: losses.kl_div(*_rows(), scale_by_temperature_squared=1), TypeError,
+     "scale_by_temperature_squared"),
+    (lambda: losses.hidden_mse([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)],
+                               tinybert_compat="yes"), TypeError, "tinybert_compat"),
     (lambda: losses.distillation_loss(*_rows(), torch.tensor([0, 1, 2]), ignore_index=None),
      TypeError, "ignore_index"),
     (lambda: losses.distillation_loss(*_rows(), torch.tensor([0, 1, 2]), ignore_index=1.5),

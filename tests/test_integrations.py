@@ -290,6 +290,15 @@ def test_spec_and_teacher_errors(tmp_path):
     with pytest.raises(ValueError, match="untrained"):
         _trainer(tok, tmp_path / "x", teacher=untrained)
     assert DistillationSpec(**SPEC).validate().mode == "masked"
+    for bad, exc, name in ((dict(temperature=float("inf")), ValueError, "temperature"),
+                           (dict(temperature=1e20), ValueError, "temperature"),
+                           (dict(backend="gpu"), ValueError, "backend"),
+                           (dict(logit_weight=float("inf")), ValueError, "logit_weight"),
+                           (dict(projection="yes"), TypeError, "projection"),
+                           (dict(intermediate="tinybert", layer_map=[True]), TypeError,
+                            "layer_map")):
+        with pytest.raises(exc, match=name):
+            DistillationSpec(**{**SPEC, **bad}).validate()
 
 
 def test_teacher_from_a_kdfast_directory_and_intermediate_only(tmp_path):

@@ -56,17 +56,26 @@ def is_mapping(value) -> bool:
 
 
 def _int_tensor(name, v, *, floats=False):
+    """An index tensor (int32/int64, what an embedding lookup takes) or, with ``floats``, a
+    mask of any real dtype."""
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"batch[{name!r}] must be a torch.Tensor, got {type(v).__name__}")
-    if v.dtype.is_complex or (v.dtype.is_floating_point and not floats):
-        raise TypeError(f"batch[{name!r}] must have an integer dtype, got {v.dtype}")
+    if v.dtype.is_complex or (not floats and v.dtype not in (torch.int32, torch.int64)):
+        raise TypeError(f"batch[{name!r}] must have dtype torch.int64 (or int32), got {v.dtype}")
     return v
 
 
-def check_batch(batch, config) -> None:
+def is_multiple_choice(model) -> bool:
+    from transformers import BertForMultipleChoice
+
+    return isinstance(model, BertForMultipleChoice)
+
+
+def check_batch(batch, config, *, multiple_choice: bool = False) -> None:
     """Validates one batch's model inputs against the BERT ``config`` (ValueError/TypeError
-    naming the key) before the model runs: ``input_ids`` a non-empty [B, L] integer tensor of
-    ids in [0, vocab_size), L <= max_position_embeddings; ``attention_mask``,
+    naming the key) before the model runs: ``input_ids`` a non-empty [B, L] (with
+    ``multiple_choice``: [B, C, L]) int64/int32 tensor of ids in [0, vocab_size),
+    L <= max_position_embeddings; ``attention_mask``,
     ``token_type_ids`` (in [0, type_vocab_size)) and ``position_ids`` of the same shape.
     One host sync for the value ranges."""
     if not is_mapping(batch) or "input_ids" not in batch:
@@ -74,11 +83,10 @@ def check_batch(batch, config) -> None:
                         f"(and optionally {INPUT_KEYS[1:] + LABEL_KEYS}), "
                         f"got {type(batch).__name__}")
     ids = _int_tensor("input_ids", batch["input_ids"])
-    if ids.dtype == torch.bool:
-        raise TypeError("batch['input_ids'] must have an integer dtype, got torch.bool")
-    if ids.dim() < 2 or ids.numel() == 0:
-        raise ValueError("batch['input_ids'] must have shape [B, L] (or [B, C, L] for multiple "
-                         f"choice) with every size >= 1, got {tuple(ids.shape)}")
+    if ids.dim() != (3 if multiple_choice else 2) or ids.numel() == 0:
+        shape = "[B, C, L] (a multiple-choice model)" if multiple_choice else "[B, L]"
+        raise ValueError(f"batch['input_ids'] must have shape {shape} with every size >= 1, "
+                         f"got {tuple(ids.shape)}")
     L = ids.shape[-1]
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos is not None and L > max_pos:
@@ -165,6 +173,7 @@ def check_labels(model, batch) -> None:
         v = batch[key] if key in batch else None
         if v is None or v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool:
             continue
+        v = v.long()  # uint8/int8 labels would wrap -100 and the limit
         bad = ((v < 0) & (v != -100)) | (v >= limit)
         if bool(bad.any()):
             raise ValueError(f"batch[{key!r}] must lie in [0, {what}={limit}) (or be -100, "

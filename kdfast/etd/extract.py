@@ -157,9 +157,12 @@ def _seed(seed) -> int:
     if isinstance(seed, bool):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
     try:
-        return operator.index(seed)
+        seed = operator.index(seed)
     except TypeError:
         raise TypeError(f"seed must be an int or None, got {seed!r}") from None
+    if not -2**63 <= seed < 2**64:  # torch.Generator.manual_seed's range
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}")
+    return seed
 
 
 def _check_importance(imp, n, a, d, f, h, need_attn):

@@ -62,7 +62,7 @@ def importance_reference(model, batches, *, loss_fn=None, num_batches=None):
         for p, _ in flags:
             p.requires_grad_(True)
         for batch in _bert.take(batches, num_batches):
-            _bert.check_batch(batch, cfg)
+            _bert.check_batch(batch, cfg, multiple_choice=_bert.is_multiple_choice(model))
             if choose(batch) is None:
                 _bert.check_labels(model, batch)
             model.zero_grad(set_to_none=True)

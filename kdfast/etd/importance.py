@@ -396,7 +396,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
             p.requires_grad_(False)
         with torch.enable_grad():  # scoring also works inside a caller's torch.no_grad()
             for batch in it:
-                _bert.check_batch(batch, cfg)
+                _bert.check_batch(batch, cfg, multiple_choice=_bert.is_multiple_choice(model))
                 rec.batch = {}
                 activate = lambda: setattr(rec, "active", True)  # noqa: E731
                 loss_fn_b = choose(batch)

@@ -62,6 +62,7 @@ are NOT tested; ``torch.nn.DataParallel`` (several GPUs in one process) is refus
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ from kdfast.losses import Projection, distillation_loss, hidden_mse, value_relat
 from kdfast.models.teachers import TeacherClassifier
 from kdfast.models.transformer import ATTENTION as CAPTURE
 from kdfast.models.transformer import FIT_DENSE_FILE, TeacherTaps, base_bert
+from kdfast.ops import _backend, _checks
 
 INTERMEDIATE = STYLES  # the intermediate transfer styles: TinyBERT's or MiniLM's
 PROJECTION = "kdfast_fit_dense"  # the student's submodule holding TinyBERT's fit_dense
@@ -128,19 +130,24 @@ class DistillationSpec:
             raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("alpha",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+            raise ValueError(f"alpha must be a number in [0, 1], got {a!r}")
+        _checks.temperature(self.temperature)  # the losses' own range, checked up front
         for name in ("logit_weight", "intermediate_weight"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if self.layer_map is not None and self.intermediate != "tinybert":
-            raise ValueError("layer_map applies to intermediate='tinybert' only")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        _checks.choice("backend", self.backend, _backend.BACKENDS)
+        if self.projection is not None:
+            _checks.flag("projection", self.projection)
+        if self.layer_map is not None:
+            if self.intermediate != "tinybert":
+                raise ValueError("layer_map applies to intermediate='tinybert' only")
+            if not isinstance(self.layer_map, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in self.layer_map):
+                raise TypeError(f"layer_map must be a list of teacher layer numbers (ints), "
+                                f"got {self.layer_map!r}")
         return self
 
 

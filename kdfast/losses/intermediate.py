@@ -258,6 +258,7 @@ def hidden_mse(student_hidden, teacher_hidden, *, projection=None, attention_mas
     gives 0 with a zero gradient, like an all-padded one; padded positions never contribute,
     whatever they hold (NaN included); a width of 0 raises ValueError.
     """
+    _checks.flag("tinybert_compat", tinybert_compat)
     s = _hidden_layers("student_hidden", student_hidden)
     t = _hidden_layers("teacher_hidden", teacher_hidden)
     if s is None or t is None:

@@ -77,7 +77,8 @@ def kl_div(student_logits, teacher_logits, *, temperature=1.0, reduction="batchm
     """
     t = _validate(student_logits, teacher_logits, mask, temperature)
     _checks.choice("reduction", reduction, REDUCTIONS)
-    coef = t * t if scale_by_temperature_squared else 1.0
+    coef = t * t if _checks.flag("scale_by_temperature_squared", scale_by_temperature_squared) \
+        else 1.0
     return _softmax_family(student_logits, teacher_logits, kind=KINDS["kl"], temperature=t,
                            reduction=reduction, mask=mask, coef=coef, backend=backend)
 
@@ -93,9 +94,10 @@ def soft_cross_entropy(student_logits, teacher_logits, *, temperature=1.0, reduc
     """
     t = _validate(student_logits, teacher_logits, mask, temperature)
     _checks.choice("reduction", reduction, REDUCTIONS)
-    if tinybert_compat:
+    if _checks.flag("tinybert_compat", tinybert_compat):
         reduction = "mean"
-    coef = t * t if scale_by_temperature_squared else 1.0
+    coef = t * t if _checks.flag("scale_by_temperature_squared", scale_by_temperature_squared) \
+        else 1.0
     return _softmax_family(student_logits, teacher_logits, kind=KINDS["soft_ce"], temperature=t,
                            reduction=reduction, mask=mask, coef=coef, backend=backend)
 

@@ -58,6 +58,13 @@ def integer(name: str, value) -> int:
     return value
 
 
+def flag(name: str, value) -> bool:
+    """A switch must be a bool: a string such as "no" would otherwise count as True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
 def choice(name: str, value, allowed) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")

@@ -59,6 +59,9 @@ def _valid(lengths, T, device):
 
 
 def _backward(ctx, g_out, g_hn, g_cn, _g_gates, _g_cells):
+    if torch.is_grad_enabled():  # create_graph=True: the backward kernel is not differentiable
+        raise RuntimeError("kdfast's BiLSTM kernels have no double backward (create_graph=True, "
+                           "gradgradcheck): run the BiLSTM with backend='reference' for that")
     x, w_ih, w_hh, lengths, h0, c0, out, gates, cells = ctx.saved_tensors
     if g_out is None:
         g_out = torch.zeros_like(out)
