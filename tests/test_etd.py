@@ -111,6 +111,9 @@ def test_unit_taylor_bad_inputs():
         unit_taylor([1.0], a, 1)
     with pytest.raises(TypeError, match="floating"):
         unit_taylor(a.long(), a.long(), 1)
+    for backend in ("reference", "auto"):  # every backend refuses K = 0 the same way
+        with pytest.raises(ValueError, match="K >= 1"):
+            unit_taylor(torch.randn(3, 0), torch.randn(3, 0), 2, backend=backend)
 
 
 @pytest.mark.gpu

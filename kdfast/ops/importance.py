@@ -52,6 +52,9 @@ def check(act, grad, units) -> None:
     if isinstance(units, bool) or not isinstance(units, int):
         raise TypeError(f"units must be an int, got {type(units).__name__}")
     k = act.shape[-1]
+    if k == 0:
+        raise ValueError(f"act must have a last dim K >= 1 (the units' columns), got shape "
+                         f"{tuple(act.shape)}")
     if units < 1 or k % units != 0:
         raise ValueError(f"units must be >= 1 and divide the last dim of act ({k}), got {units}")
 
