@@ -17,7 +17,8 @@ punctuation and other non-alphanumeric units are never replaced) a candidate lis
 
 Then ``n_a`` rounds, each replacing every word independently with probability ``p_t`` by a
 uniformly drawn candidate (words without candidates stay). Each source sentence yields itself
-followed by its ``n_a`` variants (duplicates kept, as in the official script). Sentence ``i``
+followed by its ``n_a`` variants (duplicates kept, so every sentence has exactly ``n_a``; the
+official script drops duplicates and never replaces stop words). Sentence ``i``
 draws from ``random.Random(f"{seed}-{i}")``, so results do not depend on what else is
 augmented. For pairs only ``text_a`` is augmented (``text_b`` is copied).
 
