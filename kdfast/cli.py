@@ -168,7 +168,11 @@ OPTIONS = {
     "p_ng": Opt(None, FRACTION, "tang augmentation: n-gram sampling probability [0.25]"),
     "p_t": Opt(None, FRACTION, "tinybert augmentation: replacement probability per word [0.4]"),
     "k": Opt(None, POSITIVE_INT, "tinybert augmentation: candidates per word [15]"),
-    "glove": Opt(None, TEXT, "tinybert augmentation: GloVe file for multi-piece words"),
+    "glove": Opt(None, TEXT, "tinybert augmentation: GloVe file for the words the MLM does not "
+                             "serve (every word without one)"),
+    "mlm": Opt(None, TEXT, "tinybert augmentation: a BERT masked LM (directory or hub name) "
+                           "for single-piece words [the teacher's checkpoint if it has an MLM "
+                           "head, else the teacher's nearest input embeddings]"),
     "transfer_cache": Opt(None, TEXT, "where to cache the transfer set (default: in --out)"),
     # BiLSTM students (tang, sra)
     "embeddings": Opt("teacher", TEXT, "teacher (the teacher's input embeddings) | random | a "
@@ -252,7 +256,7 @@ TANG_AUG = ("augment", "n_aug", "p_mask", "p_pos", "p_ng", "transfer_cache")
 BILSTM = ("embeddings", "embedding_mode", "lstm_hidden_size", "fc_size", "pooling", "lstm_layers",
           "dropout")
 BERT_SIZE = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
-TRANSFORMER = ("mode", "style", "augment", "n_aug", "p_t", "k", "glove", "step1_epochs",
+TRANSFORMER = ("mode", "style", "augment", "n_aug", "p_t", "k", "glove", "mlm", "step1_epochs",
                "step1_lr", "step2_epochs", "step2_lr", "alpha", "temperature", "unlabelled",
                "backend")
 # TRANSFORMER's options that only task distillation uses (refused for a general stage)
@@ -348,7 +352,7 @@ def cmd_sra(o) -> int:
 
 def _transformer(o):
     """Options shared by tinybert and etd, in the library's words."""
-    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "alpha", "temperature",
+    kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "mlm", "alpha", "temperature",
                     "backend"))
     if o.get("n_aug") is not None:
         kw["n_a"] = o["n_aug"]
@@ -713,7 +717,7 @@ def check_before_running(o) -> None:
         from kdfast.integrations.logging import resolve_report_to
 
         resolve_report_to(o["report_to"])
-    for name in ("teacher", "model", "student", "sra_teacher", "general_teacher"):
+    for name in ("teacher", "model", "student", "sra_teacher", "general_teacher", "mlm"):
         value = o.get(name)
         if value and (os.sep in value or value.startswith(".")) and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such directory")

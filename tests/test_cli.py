@@ -223,6 +223,8 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
       "general", "--n-aug", "5", "--step1-epochs", "2"], "--n-aug, --step1-epochs: task distil"),
     (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
       "--general-teacher", "g"], "--general-teacher: general distillation only"),
+    (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
+      "--mlm", "./no/such/mlm"], "--mlm ./no/such/mlm: no such directory"),
     (["bench", "nope"], "invalid choice"),
 ])
 def test_more_mistakes(argv, needle, tmp_path, capsys):

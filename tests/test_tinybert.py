@@ -341,6 +341,31 @@ def test_augmentation_with_mlm_is_batched_deterministic_and_replaces(tmp_path):
             assert (nw != w) or w == "."
 
 
+def test_an_mlm_given_by_path_is_checked_and_used(tmp_path, monkeypatch):
+    from transformers import BertModel
+
+    import kdfast.data.tinybert_augment as tba
+    from kdfast.distill.tinybert import task_setup
+
+    tok = _tiny.tokenizer(tmp_path)
+    teacher = _teacher(tok)
+    _mlm(tok).save_pretrained(tmp_path / "mlm")
+    BertModel(_mlm(tok).config).save_pretrained(tmp_path / "encoder")  # no MLM head
+    with pytest.raises(ValueError, match="no trained MLM head"):
+        task_setup(teacher, _tiny.task(16), tokenizer=tok, mlm=tmp_path / "encoder")
+    with pytest.raises(ValueError, match="cannot load a BERT masked LM"):
+        task_setup(teacher, _tiny.task(16), tokenizer=tok, mlm=str(tmp_path / "nothing"))
+    with pytest.raises(TypeError, match="mlm must be"):
+        task_setup(teacher, _tiny.task(16), tokenizer=tok, mlm=3)
+    seen = []
+    real = tba.augment
+    monkeypatch.setattr(tba, "augment", lambda *a, **k: seen.append(k["mlm"]) or real(*a, **k))
+    run = task_setup(teacher, _tiny.task(16), tokenizer=tok, mlm=str(tmp_path / "mlm"), n_a=1,
+                     k=2, step1=dict(max_steps=1), step2=dict(max_steps=1), **FAST)
+    run(None, SMALL)
+    assert len(seen) == 1 and type(seen[0]).__name__ == "BertForMaskedLM"
+
+
 def test_augmentation_embedding_neighbours_glove_pairs_and_cache(tmp_path, monkeypatch):
     tok = _tiny.tokenizer(tmp_path)
     emb = torch.randn(len(tok), 8)

@@ -23,6 +23,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from kdfast.data.tokenize import encode
 from kdfast.distill import plumbing
 from kdfast.distill.objectives import MODES, STYLES, TinyBERTLoss, check_pair
@@ -109,6 +111,25 @@ def find_mlm(path):
     from transformers import BertForMaskedLM
 
     return BertForMaskedLM.from_pretrained(str(path))
+
+
+def load_mlm(name, tokenizer):
+    """A BERT masked LM (directory or hub name) for TinyBERT's single-piece candidates: it
+    must have trained MLM-head weights and the teacher tokenizer's vocabulary."""
+    from transformers import BertForMaskedLM
+
+    try:
+        model, info = BertForMaskedLM.from_pretrained(str(name), output_loading_info=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"mlm {name}: cannot load a BERT masked LM ({first})") from None
+    if any(k.startswith("cls.predictions") for k in info["missing_keys"]):
+        raise ValueError(f"mlm {name}: the checkpoint has no trained MLM head "
+                         "(cls.predictions.*): give a BERT masked LM, e.g. bert-base-uncased")
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(f"mlm {name} has a vocabulary of {model.config.vocab_size} tokens but "
+                         f"the teacher's tokenizer has {len(tokenizer)}: they must match")
+    return model.eval()
 
 
 def transfer_examples(teacher, tokenizer, split, *, augment=True, n_a=20, p_t=0.4, k=15,
@@ -296,6 +317,11 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
     cfg2.alpha, cfg2.temperature = alpha, temperature  # what step 2's report and results say
     t_model, tokenizer, t_path = plumbing.load_teacher_and_tokenizer(
         teacher, tokenizer, num_labels=task.num_labels, need_head=True, max_len=max_len)
+    if isinstance(mlm, (str, Path)) and mlm != "auto":
+        mlm = load_mlm(mlm, tokenizer) if augment else None
+    elif not (mlm in ("auto", None) or isinstance(mlm, torch.nn.Module)):
+        raise TypeError(f"mlm must be 'auto', None, a path or hub name, or a BertForMaskedLM, "
+                        f"got {type(mlm).__name__}")
     t_cfg = base_bert(t_model).config
     dev, test = (plumbing.encode_split(tokenizer, getattr(task, s), max_len, student=False)
                  for s in ("dev", "test"))

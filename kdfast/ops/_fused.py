@@ -26,6 +26,7 @@ inputs are saved for the last two cases (references, not copies).
 """
 from __future__ import annotations
 
+import typing
 from typing import Callable
 
 import torch
@@ -170,5 +171,9 @@ def register(op, *, fake: Callable, reference: Callable, weight: Callable):
 def custom_op(name: str, impl: Callable, *, fake: Callable, reference: Callable, weight: Callable):
     """A Python-implemented fused-gradient op ``kdfast::<name>`` (e.g. the Triton kernels),
     registered through :func:`register`."""
+    # torch < 2.5 infers the schema from the annotations as written: evaluate them first
+    # (modules use `from __future__ import annotations`; typing.List/Optional/Tuple, which
+    # torch 2.4 accepts, where the builtin list[...] and X | None forms are not)
+    impl.__annotations__ = typing.get_type_hints(impl)
     op = torch.library.custom_op(f"kdfast::{name}", mutates_args=())(impl)
     return register(op, fake=fake, reference=reference, weight=weight)

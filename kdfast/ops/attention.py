@@ -11,6 +11,8 @@ runs instead.
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple  # torch 2.4 takes these forms in a custom_op
+
 import torch
 
 from kdfast.ops import _backend, _fused
@@ -36,9 +38,9 @@ _RULE = dict(fake=_fake, reference=_reference, weight=_weight)
 attention_loss_compiled = _fused.register("kdfast::attention_loss", **_RULE)
 
 
-def _triton_impl(student: list[torch.Tensor], teacher: list[torch.Tensor],
-                 mask: torch.Tensor | None, scale: torch.Tensor, kind: int, temperature: float,
-                 compute_grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _triton_impl(student: List[torch.Tensor], teacher: List[torch.Tensor],
+                 mask: Optional[torch.Tensor], scale: torch.Tensor, kind: int, temperature: float,
+                 compute_grad: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     from kdfast.triton.attention import attention_loss
 
     return attention_loss(student, teacher, mask, scale, kind, temperature, compute_grad)

@@ -21,6 +21,8 @@ that requires grad also takes the reference path.
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple  # torch 2.4 takes these forms in a custom_op
+
 import torch
 
 from kdfast import _ext
@@ -82,9 +84,9 @@ def use_dev_build(path: str):
     return _compiled
 
 
-def _triton_impl(student: list[torch.Tensor], teacher: list[torch.Tensor],
-                 mask: torch.Tensor | None, scale: torch.Tensor, kind: int,
-                 compute_grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _triton_impl(student: List[torch.Tensor], teacher: List[torch.Tensor],
+                 mask: Optional[torch.Tensor], scale: torch.Tensor, kind: int,
+                 compute_grad: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     from kdfast.triton.relation import relation_loss
 
     return relation_loss(student, teacher, mask, scale, kind, compute_grad)

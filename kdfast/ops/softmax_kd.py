@@ -10,6 +10,8 @@ reference path runs instead of a fused kernel, which differentiates both inputs.
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple  # torch 2.4 takes these forms in a custom_op
+
 import torch
 
 from kdfast.ops import _backend, _fused
@@ -36,9 +38,9 @@ _RULE = dict(fake=_fake, reference=_reference, weight=_weight)
 kd_loss_compiled = _fused.register("kdfast::kd_loss", **_RULE)
 
 
-def _triton_impl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
-                 soft_weight: torch.Tensor, hard_weight: torch.Tensor | None, kind: int,
-                 temperature: float, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _triton_impl(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor],
+                 soft_weight: torch.Tensor, hard_weight: Optional[torch.Tensor], kind: int,
+                 temperature: float, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     from kdfast.triton.softmax_kd import kd_loss
 
     return kd_loss(student, teacher, labels, soft_weight, hard_weight, kind, temperature,
