@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -48,8 +49,8 @@ def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
             x = kind(value) if kind is float or isinstance(value, int) else int(str(value), 10)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if kind is float and x != x:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        if kind is float and not math.isfinite(x):  # NaN, inf and 1e400 alike
+            raise argparse.ArgumentTypeError(f"expected a finite {what[2:]}, got {value!r}")
         if (lo is not None and (x < lo or (lo_open and x == lo))) or \
                 (hi is not None and (x > hi or (hi_open and x == hi))):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
@@ -709,6 +710,7 @@ def check_before_running(o) -> None:
     specs = [("task", o.get("task"))] + [("unlabelled", s) for s in o.get("unlabelled") or ()]
     for flag, spec in specs:
         fmt, _, rest = (spec or "").partition(":")
+        rest = rest.rsplit("@", 1)[0] if rest.rsplit("@", 1)[-1].isdigit() else rest  # PATH@N
         if fmt in ("csv", "tsv", "jsonl", "text") and rest and not Path(rest).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec}: no such file {rest}")
     if o.get("glove") and not Path(o["glove"]).expanduser().is_file():
@@ -717,10 +719,16 @@ def check_before_running(o) -> None:
         from kdfast.integrations.logging import resolve_report_to
 
         resolve_report_to(o["report_to"])
+    out = Path(o["out"]).expanduser().resolve() if o.get("out") else None
     for name in ("teacher", "model", "student", "sra_teacher", "general_teacher", "mlm"):
         value = o.get(name)
         if value and (os.sep in value or value.startswith(".")) and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such directory")
+        given = Path(value).expanduser().resolve() if value and Path(value).exists() else None
+        if out and given and (out == given or out in given.parents or given in out.parents):
+            # --overwrite would delete the model being read
+            raise ValueError(f"--out {o['out']} and --{name.replace('_', '-')} {value} overlap: "
+                             "write the output somewhere else")
     if "out" in o and o["out"] is not None and "overwrite" in o:  # not demo's/bench's work dirs
         check_output_dir(o["out"], overwrite=bool(o.get("overwrite")),
                          resume=bool(o.get("resume")))

@@ -176,6 +176,8 @@ MISTAKES = {  # argv after the command, the words the one-line message must hold
     "warm-up of all steps": (["--warmup", "1"], "--warmup"),
     "uninstalled logger": (["--report-to", "wandb"], "wandb"),
     "negative max-len": (["--max-len", "-5"], "--max-len"),
+    "infinite epochs": (["--epochs", "inf"], "--epochs"),
+    "overflowing lr": (["--lr", "1e400"], "--lr"),
     "unknown option": (["--learning-rate", "1"], "unrecognized"),
     "no cuda": (["--device", "cuda"], "--device"),
     "out exists": ([], "--overwrite"),
@@ -193,7 +195,8 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
         pytest.skip("this machine has wandb")
     before = snapshot(precious)
     extra, needle = MISTAKES[mistake]
-    argv = ["distill", "tang", "--teacher", tmp_path, "--task", "movie-sentences",
+    (tmp_path / "teacher").mkdir()
+    argv = ["distill", "tang", "--teacher", tmp_path / "teacher", "--task", "movie-sentences",
             "--out", precious] + extra
     assert_user_error(*run(argv, capsys)[::2], needle)
     assert snapshot(precious) == before
@@ -232,6 +235,23 @@ def test_more_mistakes(argv, needle, tmp_path, capsys):
     argv = [str(out) if a == "{out}" else a for a in argv]
     assert_user_error(*run(argv, capsys)[::2], needle)
     assert not out.exists()
+
+
+def test_paths_checked_up_front(tmp_path, capsys):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\na,0\nb,1\n")
+    # TASK@N names the file without its @N
+    argv = ["eval", "--model", "./no/such/dir", "--task", f"csv:{data}@5"]
+    assert_user_error(*run(argv, capsys)[::2], "--model ./no/such/dir: no such directory")
+    # an output that is, holds or lies inside a model being read is refused (--overwrite
+    # would delete it)
+    teacher = tmp_path / "teacher"
+    (teacher / "sub").mkdir(parents=True)
+    for out in (teacher, teacher / "sub", tmp_path):
+        argv = ["distill", "tang", "--teacher", teacher, "--task", "movie-sentences", "--out",
+                out, "--overwrite"]
+        assert_user_error(*run(argv, capsys)[::2], "overlap")
+        assert (teacher / "sub").is_dir()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

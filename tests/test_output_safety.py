@@ -302,6 +302,24 @@ def test_csv_bad_inputs(tmp_path):
     reg = tmp_path / "reg.csv"  # a regression task is still one
     reg.write_text("text,label\n" + "\n".join(f"s{i},{i / 7}" for i in range(20)) + "\n")
     assert load_task(f"csv:{reg}").is_regression
+    # a dev/test label that train never has is a typo, not a new class
+    for name, dev_label, needle in (("s", "positive", "'positive' never occur in train.csv"),
+                                    ("i", "2", "'2' never occur in train.csv")):
+        d = tmp_path / name
+        d.mkdir()
+        good, other = ("pos", "neg") if name == "s" else ("1", "0")
+        (d / "train.csv").write_text("text,label\n" + "\n".join(
+            f"s{i},{good if i % 2 else other}" for i in range(20)) + "\n")
+        (d / "dev.csv").write_text(f"text,label\na,{good}\nb,{dev_label}\n")
+        with pytest.raises(ValueError, match=needle):
+            load_task(f"csv:{d / 'train.csv'}")
+        assert load_task(f"csv:{d / 'train.csv'}", num_labels=3).num_labels == 3
+    # a model directory without tokenizer files is refused, not read as [UNK] everywhere
+    from kdfast.data.tokenize import load_tokenizer
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
+        load_tokenizer(tmp_path / "model")
 
 
 # ----------------------------------------------------------------------------- demo

@@ -272,6 +272,15 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
         splits[missing], splits["train"] = _carve(splits["train"], (0.1,), seed)
 
     kinds = {k: _labels_kind(s.labels) for k, s in splits.items()}
+    if num_labels is None and not any(kind == "float" for kind, _ in kinds.values()):
+        seen = {str(v) for v in splits["train"].labels}
+        for k in ("dev", "test"):
+            extra = sorted({str(v) for v in splits[k].labels} - seen)
+            if extra:  # a typo ("positive" for "pos") would otherwise become a new class
+                raise ValueError(f"{path.with_name(k + path.suffix)}: labels "
+                                 f"{', '.join(map(repr, extra[:5]))} never occur in {path.name} "
+                                 f"(its labels: {', '.join(map(repr, sorted(seen)[:10]))}); "
+                                 "give --num-labels if that is intended")
     label_names, regression = [], False
     if any(kind == "string" for kind, _ in kinds.values()):
         label_names = sorted({str(v) for s in splits.values() for v in s.labels})

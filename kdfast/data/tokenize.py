@@ -17,6 +17,12 @@ from pathlib import Path
 import torch
 
 
+# A directory holds a tokenizer only with one of these: without them transformers builds a
+# tokenizer of the 5 special tokens, which turns every word into [UNK] without a word.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path):
     """A fast BERT-style tokenizer from a local directory (teacher or student directory)."""
     from transformers import AutoTokenizer
@@ -24,6 +30,9 @@ def load_tokenizer(path):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no tokenizer directory at {path}")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+                                "save the tokenizer beside the model (tokenizer.save_pretrained)")
     return AutoTokenizer.from_pretrained(str(path))
 
 

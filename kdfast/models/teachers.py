@@ -179,9 +179,15 @@ def load_teacher(name_or_path: str, num_labels: int | None = None, *, pooling: s
 
 
 def teacher_tokenizer(name_or_path: str):
+    """The tokenizer of a teacher: a local directory must hold its tokenizer files."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_teacher_path(name_or_path))
+    from kdfast.data.tokenize import load_tokenizer
+
+    path = resolve_teacher_path(name_or_path)
+    if Path(path).is_dir():
+        return load_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def load_encoder(teacher, *, architecture: bool = False):
