@@ -400,7 +400,9 @@ def cmd_tinybert(o) -> int:
                       general_teacher=o["general_teacher"], unlabelled=unl, student=student,
                       general=dict(train) if o["stage"] != "task" else None, seed=seed,
                       max_len=o["max_len"], **_run(o), **task_kw)
-    _summary(res, f"student: {o['out']}")
+    step2 = Path("step2") / "student"
+    where = {"task": step2, "all": Path("task") / step2, "general": Path("general") / "student"}
+    _summary(res, f"student: {Path(o['out']) / where[o['stage']]}")
     return 0
 
 
@@ -433,7 +435,8 @@ def cmd_etd(o) -> int:
                  **_given(o, BERT_SIZE[1:]), unlabelled=_unlabelled(o),
                  importance_batches=o["importance_batches"], max_len=o["max_len"], seed=seed,
                  **_run(o), **distill, **train)
-    _summary(res.get("results"), f"student: {o['out']}")
+    where = Path("step2" if o["task_specific"] else "general") / "student"
+    _summary(res.get("results"), f"student: {Path(o['out']) / where}")
     return 0
 
 
@@ -725,8 +728,8 @@ def check_before_running(o) -> None:
         if value and (os.sep in value or value.startswith(".")) and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such directory")
         given = Path(value).expanduser().resolve() if value and Path(value).exists() else None
-        if out and given and (out == given or out in given.parents or given in out.parents):
-            # --overwrite would delete the model being read
+        if out and given and (out == given or out in given.parents):
+            # --out is or holds a model being read: --overwrite would delete it
             raise ValueError(f"--out {o['out']} and --{name.replace('_', '-')} {value} overlap: "
                              "write the output somewhere else")
     if "out" in o and o["out"] is not None and "overwrite" in o:  # not demo's/bench's work dirs

@@ -243,11 +243,10 @@ def test_paths_checked_up_front(tmp_path, capsys):
     # TASK@N names the file without its @N
     argv = ["eval", "--model", "./no/such/dir", "--task", f"csv:{data}@5"]
     assert_user_error(*run(argv, capsys)[::2], "--model ./no/such/dir: no such directory")
-    # an output that is, holds or lies inside a model being read is refused (--overwrite
-    # would delete it)
+    # an output that is or holds a model being read is refused (--overwrite would delete it)
     teacher = tmp_path / "teacher"
     (teacher / "sub").mkdir(parents=True)
-    for out in (teacher, teacher / "sub", tmp_path):
+    for out in (teacher, tmp_path):
         argv = ["distill", "tang", "--teacher", teacher, "--task", "movie-sentences", "--out",
                 out, "--overwrite"]
         assert_user_error(*run(argv, capsys)[::2], "overlap")
@@ -311,6 +310,14 @@ def test_finetune_distill_eval_overwrite_and_resume(env, tmp_path, capsys):
         assert code == 0, err
         r = json.loads(out)
         assert r["examples"] == 24 and 0 <= r["metrics"]["accuracy"] <= 1 and r["parameters"] > 0
+    # eval refuses a model of another class count, or more positions than it has, up front
+    three = tmp_path / "three.csv"
+    three.write_text("text,label\n" + "\n".join(f"w{i},{i % 3}" for i in range(30)) + "\n")
+    for model in (kd / "student", teacher):
+        assert_user_error(*run(["eval", "--model", model, "--task", f"csv:{three}"],
+                               capsys)[::2], "predicts 2 classes but task")
+    assert_user_error(*run(["eval", "--model", teacher, "--task", task, "--max-len", "100"],
+                           capsys)[::2], "max_len=100 but")
     # an existing run: refused without a flag, untouched
     before = snapshot(kd)
     assert_user_error(*run(["distill", "tang", "--config", cfg, "--out", kd], capsys)[::2],
@@ -361,10 +368,12 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
     short = ["--no-augment", "--step1-epochs", "1", "--step2-epochs", "1", "--no-progress"]
     for argv in (["tinybert"], ["distill", "tinybert"], ["etd-distill"], ["distill", "etd"]):
         out = tmp_path / "-".join(argv)
-        code, _, err = run(argv + ["--teacher", teacher, "--task", task, "--out", out] + size
-                           + short, capsys)
+        code, printed, err = run(argv + ["--teacher", teacher, "--task", task, "--out", out]
+                                 + size + short, capsys)
         assert code == 0, (argv, err)
         assert (out / MARKER).is_file()
+        where = printed.strip().splitlines()[-1].removeprefix("student: ")
+        assert (Path(where) / "config.json").is_file(), printed  # the path it prints holds it
         step2 = json.loads((out / "step2" / "results.json").read_text())
         assert step2["config"]["alpha"] == 0.5  # the default mix step 2 trained with
     # both stages (general distillation on the task's sentences, then the task), the teacher
@@ -374,6 +383,7 @@ def test_transformer_recipes_and_extract(env, tmp_path, capsys):
                         "--task", task, "--out", out, "--epochs", "1", "--max-len", "64"]
                        + size + short, capsys)  # the tiny teacher has 64 positions
     assert code == 0, err
+    assert (out / "task" / "step2" / "student" / "config.json").is_file()
     res = json.loads((out / "results.json").read_text())
     assert res["general"]["steps"] > 0 and 0 <= res["test"]["accuracy"] <= 1
     out = tmp_path / "extract"

@@ -4,6 +4,7 @@ values that used to be accepted silently."""
 import hashlib
 import importlib
 import os
+import stat
 
 import _tiny
 import pytest
@@ -183,6 +184,21 @@ def test_truncated_augmentation_cache_names_the_file(tmp_path):
     cache.write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match="aug.jsonl"):
         augment(["good movie", "bad plot"], **kw)
+
+
+def test_atomic_outputs_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        outputs.atomic_write_text(tmp_path / "results.json", "{}")
+        outputs.atomic_save_dir(tmp_path / "student", lambda d: (d / "config.json").write_text("{}"))
+        os.umask(0o077)
+        outputs.atomic_write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "results.json") == 0o644  # not mkstemp's 0600
+    assert mode(tmp_path / "student") == 0o755  # not mkdtemp's 0700
+    assert mode(tmp_path / "private.json") == 0o600  # a strict umask is kept
 
 
 def test_a_writer_killed_midway_leaves_the_old_file(tmp_path, monkeypatch):

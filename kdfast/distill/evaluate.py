@@ -59,6 +59,7 @@ class _HFClassifier(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.num_labels = model.config.num_labels
 
     def forward_batch(self, batch):
         return self.model(input_ids=batch["t_input_ids"], attention_mask=batch["t_attention_mask"],
@@ -80,6 +81,16 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     if split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, got {split!r}")
     model, kind = load_classifier(path)
+    n = getattr(model, "num_labels", None)
+    if isinstance(n, int) and n != task.num_labels:
+        raise ValueError(f"{path} predicts {n} {'value' if n == 1 else 'classes'} but task "
+                         f"{task.name} has {task.num_labels} "
+                         f"{'(a regression)' if task.num_labels == 1 else 'classes'}")
+    positions = next((m.config.max_position_embeddings for m in model.modules()
+                      if hasattr(getattr(m, "config", None), "max_position_embeddings")), None)
+    if positions is not None and max_len > positions:
+        raise ValueError(f"max_len={max_len} but {path} has {positions} positions "
+                         f"(max_position_embeddings): use a max_len <= {positions}")
     device = torch_device(device)
     model.to(device).eval()
     data = getattr(task, split)

@@ -75,10 +75,18 @@ def prepare_output_dir(path, *, overwrite: bool = False, resume: bool = False) -
     return path
 
 
-def _temp_beside(path: Path, suffix: str = "") -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+def _temp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def _as_if_created(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp make private (0600/0700) entries: give them the permissions an
+    ordinary open()/mkdir() would have under the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def atomic_write(path, write) -> None:
@@ -89,6 +97,7 @@ def atomic_write(path, write) -> None:
     tmp = _temp_beside(path)
     try:
         write(tmp)
+        _as_if_created(tmp, 0o666)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -118,6 +127,7 @@ def atomic_save_dir(path, write) -> None:
     old = None
     try:
         write(tmp)
+        _as_if_created(tmp, 0o777)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
