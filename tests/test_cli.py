@@ -243,6 +243,11 @@ def test_paths_checked_up_front(tmp_path, capsys):
     # TASK@N names the file without its @N
     argv = ["eval", "--model", "./no/such/dir", "--task", f"csv:{data}@5"]
     assert_user_error(*run(argv, capsys)[::2], "--model ./no/such/dir: no such directory")
+    # bench: --out checked before any timing; --quick results never take a full run's name
+    assert_user_error(*run(["bench", "losses", "--quick", "--out", data], capsys)[::2],
+                      "a file, not a directory")
+    from kdfast.bench import harness
+    assert harness.result_name("bilstm-cpu", True) == "bilstm-cpu-quick"
     # an output that is or holds a model being read is refused (--overwrite would delete it)
     teacher = tmp_path / "teacher"
     (teacher / "sub").mkdir(parents=True)

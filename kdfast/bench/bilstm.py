@@ -127,7 +127,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     if device == "cpu":
         lines += ["", "Single-thread CPU-time comparison (robust to the shared machine's load):", ""]
         lines += _cpu_time_ratios(shapes)
-    name = f"bilstm-{device}"
+    name = harness.result_name(f"bilstm-{device}", quick)
     path = harness.write(rows, out_dir, name, meta, notes="\n".join(lines))
     print(f"wrote {path}")
     return 0

@@ -169,7 +169,7 @@ def main(quick: bool, out_dir: str) -> int:
             + "\n\n| case | impl | sentences/s |\n|---|---|---|\n"
             + "\n".join(f"| {r['case']} | {r['impl']} | {r['sentences_per_s']:.1f} |"
                         for r in rows))
-    path_md = harness.write(rows, out_dir, f"etd-{'cuda' if torch.cuda.is_available() else 'cpu'}",
-                            meta, notes=text)
+    name = harness.result_name(f"etd-{'cuda' if torch.cuda.is_available() else 'cpu'}", quick)
+    path_md = harness.write(rows, out_dir, name, meta, notes=text)
     print(f"wrote {path_md}")
     return 0

@@ -171,6 +171,11 @@ def speedups(rows: list[dict], ours: str, baselines=("eager", "compile")) -> lis
     return out
 
 
+def result_name(name: str, quick: bool) -> str:
+    """A --quick run's files never take the name of the full run's (committed) results."""
+    return name + "-quick" if quick else name
+
+
 def write(rows: list[dict], out_dir: str, name: str, meta: dict, notes: str = "") -> str:
     """Writes name.json, name.md and name.png under out_dir; returns the markdown path."""
     os.makedirs(out_dir, exist_ok=True)

@@ -96,5 +96,5 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
             f"{r['case']}: {r.get('vs_eager', float('nan')):.1f}x vs eager, "
             f"{r.get('vs_compile', float('nan')):.1f}x vs compile" for r in ups)
     )
-    harness.write(rows, out_dir, f"intermediate-{device}", meta, notes)
+    harness.write(rows, out_dir, harness.result_name(f"intermediate-{device}", quick), meta, notes)
     return 0

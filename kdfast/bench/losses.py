@@ -83,7 +83,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     notes = "Hinton KL, T=2, batchmean. Speed-ups of {}: ".format(ours) + "; ".join(
         f"{r['case']} {r['mode']}: " + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if k.startswith("vs_"))
         for r in ratios)
-    name = f"losses-{device}" + ("-quick" if quick else "")
+    name = harness.result_name(f"losses-{device}", quick)
     path = harness.write(rows, out_dir, name, harness.machine(), notes=notes)
     print(notes)
     print(f"wrote {path}")

@@ -184,13 +184,13 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
                 print(json.dumps(row), flush=True)
     meta = harness.machine()
     meta["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
-    write(rows, meta, out_dir)
+    write(rows, meta, out_dir, harness.result_name("relation-cpu", quick))
     return 0
 
 
-def write(rows, meta, out_dir):
+def write(rows, meta, out_dir, name="relation-cpu"):
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "relation-cpu.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     lines = ["# Attention losses from Q/K vs materialised maps (CPU, fwd+bwd)", "",
              "machine: " + ", ".join(f"{k}={v}" for k, v in meta.items()), "",
@@ -202,7 +202,7 @@ def write(rows, meta, out_dir):
     for r in rows:
         lines.append(f"| {r['loss']} | {r['L']} | {r['impl']} | {r['median_ms']:.1f} | "
                      f"{r['p90_ms']:.1f} | {r['calls']} | {r['peak_extra_MiB']} |")
-    with open(os.path.join(out_dir, "relation-cpu.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
