@@ -461,7 +461,10 @@ class DistillationTrainer(Trainer):
             logs["examples_per_s"] = self._window_examples * world / max(1e-9, now - self._window_t)
             self._window_t, self._window_examples = now, 0
             self._components_step = self.state.global_step
-        super().log(logs, start_time)
+        if start_time is None:  # transformers < 4.47's Trainer.log takes no start_time
+            super().log(logs)
+        else:
+            super().log(logs, start_time)
 
     # ------------------------------------------------------------------ saving and resuming
     def _save(self, output_dir=None, state_dict=None) -> None:
