@@ -224,7 +224,7 @@ OPTIONS = {
     "strategy": Opt("impt", str, "impt (by importance) | rand (random units) | none (random "
                                  "init; etd only)", ("impt", "rand", "none")),
     "task_specific": Opt(True, BOOL, "etd: task-specific (else task-agnostic on --unlabelled)"),
-    "importance_batches": Opt(8, POSITIVE_INT, "etd: batches for importance scoring"),
+    "importance_batches": Opt(None, POSITIVE_INT, "etd: batches for importance scoring [8]"),
     "num_sentences": Opt(1024, POSITIVE_INT, "extract: sentences scored for importance"),
     "layer_selection": Opt("uniform", str, "extract: which teacher layers",
                            ("uniform", "first", "last")),
@@ -260,6 +260,7 @@ BERT_SIZE = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 TRANSFORMER = ("mode", "style", "augment", "n_aug", "p_t", "k", "glove", "mlm", "step1_epochs",
                "step1_lr", "step2_epochs", "step2_lr", "alpha", "temperature", "unlabelled",
                "backend")
+TINYBERT_AUG = ("n_aug", "p_t", "k", "glove", "mlm")
 # TRANSFORMER's options that only task distillation uses (refused for a general stage)
 TASK_ONLY = tuple(k for k in TRANSFORMER if k not in ("mode", "style", "augment", "unlabelled",
                                                       "backend"))
@@ -329,6 +330,15 @@ def _bilstm(o):
 def cmd_tang(o) -> int:
     from kdfast.distill import tang
 
+    loss = o["loss"] or "mse"
+    if loss == "ce":
+        _refuse(o, SOFT + TANG_AUG[1:], "--loss ce trains on the hard labels alone (no soft term, "
+                "no augmentation)")
+    elif loss == "mse":
+        _refuse(o, ("temperature",), "applies to --loss kl or soft_ce only")
+    if not o["augment"]:
+        _refuse(o, ("n_aug", "p_mask", "p_pos", "p_ng"), "augmentation options, but "
+                "--no-augment is given")
     aug = _given(o, TANG_AUG, {"n_aug": "n_iter"})
     _, res = tang(o["teacher"], _task(o), o["out"], max_len=o["max_len"],
                   **_given(o, ("loss",) + SOFT), **aug, **_bilstm(o), **_run(o), **_train(o))
@@ -389,6 +399,10 @@ def cmd_tinybert(o) -> int:
     if o["stage"] == "task":
         _refuse(o, ("unlabelled", "general_teacher"), "general distillation only (--stage "
                 "general or all)")
+    if o["student"]:
+        _refuse(o, BERT_SIZE, f"--student {o['student']} is the student; drop the size options")
+    if not o["augment"]:
+        _refuse(o, TINYBERT_AUG, "augmentation options, but --no-augment is given")
     task = _task(o)
     student = o["student"] or _bert_size(o, default_layers=4)
     unl = _unlabelled(o)  # None: the task's training sentences (general stage)
@@ -422,6 +436,10 @@ def _bert_size(o, default_layers):
 def cmd_etd(o) -> int:
     from kdfast.distill import etd
 
+    if o["strategy"] != "impt":
+        _refuse(o, ("importance_batches",), "applies to --strategy impt only")
+    if not o["augment"]:
+        _refuse(o, TINYBERT_AUG, "augmentation options, but --no-augment is given")
     train = _train(o)
     seed = train.pop("seed", 0)
     if o["task_specific"]:
@@ -433,7 +451,7 @@ def cmd_etd(o) -> int:
     _, res = etd(o["teacher"], _task(o), o["out"], strategy=o["strategy"], style=style,
                  task_specific=o["task_specific"], num_layers=o["num_layers"] or 3,
                  **_given(o, BERT_SIZE[1:]), unlabelled=_unlabelled(o),
-                 importance_batches=o["importance_batches"], max_len=o["max_len"], seed=seed,
+                 **_given(o, ("importance_batches",)), max_len=o["max_len"], seed=seed,
                  **_run(o), **distill, **train)
     where = Path("step2" if o["task_specific"] else "general") / "student"
     _summary(res.get("results"), f"student: {Path(o['out']) / where}")

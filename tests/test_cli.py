@@ -229,6 +229,19 @@ def test_a_mistake_is_one_line_exit_2_and_the_output_untouched(mistake, precious
     (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}",
       "--mlm", "./no/such/mlm"], "--mlm ./no/such/mlm: no such directory"),
     (["bench", "nope"], "invalid choice"),
+    # options the run would ignore are refused, not recorded as if used
+    (["distill", "tang", "--teacher", "t", "--task", "x", "--out", "{out}", "--loss", "ce",
+      "--alpha", "0.3", "--n-aug", "2"], "--alpha, --n-aug: --loss ce trains on the hard"),
+    (["distill", "tang", "--teacher", "t", "--task", "x", "--out", "{out}", "--temperature",
+      "3"], "--temperature: applies to --loss kl or soft_ce only"),
+    (["distill", "tang", "--teacher", "t", "--task", "x", "--out", "{out}", "--no-augment",
+      "--p-mask", "0.5"], "--p-mask: augmentation options, but --no-augment"),
+    (["distill", "tinybert", "--teacher", "t", "--task", "x", "--out", "{out}", "--student",
+      "s", "--num-layers", "2"], "--num-layers: --student s is the student"),
+    (["distill", "etd", "--teacher", "t", "--task", "x", "--out", "{out}", "--strategy", "rand",
+      "--importance-batches", "3"], "--importance-batches: applies to --strategy impt only"),
+    (["distill", "etd", "--teacher", "t", "--task", "x", "--out", "{out}", "--no-augment",
+      "--n-aug", "3"], "--n-aug: augmentation options, but --no-augment"),
 ])
 def test_more_mistakes(argv, needle, tmp_path, capsys):
     out = tmp_path / "out"
