@@ -186,6 +186,28 @@ def test_truncated_augmentation_cache_names_the_file(tmp_path):
         augment(["good movie", "bad plot"], **kw)
 
 
+def test_a_transformers_sequence_classifier_is_a_ready_teacher(tmp_path):
+    # a fine-tuned BertForSequenceClassification (the usual hub teacher) keeps its head
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from kdfast.models.teachers import load_teacher
+
+    tok = _tiny.tokenizer(tmp_path)
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, num_labels=3)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    teacher = load_teacher(str(tmp_path / "hf")).eval()
+    assert teacher.has_trained_head and teacher.num_labels == 3
+    ids = torch.tensor([tok("a good film")["input_ids"]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(ids, mask), hf(input_ids=ids, attention_mask=mask).logits)
+    with pytest.raises(ValueError, match="3 labels but the task has 2"):
+        load_teacher(str(tmp_path / "hf"), num_labels=2)
+
+
 def test_atomic_outputs_get_the_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:

@@ -4,8 +4,10 @@
 all-MiniLM-L6-v2, fetched by :mod:`kdfast.data.fetch`), a local directory or a HuggingFace
 name (the normal hub path, for users who have one). A directory written by
 :meth:`TeacherClassifier.save_pretrained` (``kdfast finetune``) carries its head
-(``kdfast_head.json`` + ``kdfast_head.safetensors``); any other model gets a fresh head with
-``num_labels`` outputs and must be fine-tuned first.
+(``kdfast_head.json`` + ``kdfast_head.safetensors``), and a transformers
+``BertForSequenceClassification`` checkpoint (a fine-tuned hub teacher) keeps its own head
+(pooler + classifier, the same logits); any other model gets a fresh head with ``num_labels``
+outputs and must be fine-tuned first.
 
 Pooling for the head: ``mean`` over real tokens for sentence-transformers checkpoints (the
 vector all-MiniLM-L6-v2 was trained to produce, read from its ``1_Pooling/config.json``),
@@ -172,10 +174,30 @@ def load_teacher(name_or_path: str, num_labels: int | None = None, *, pooling: s
         t.head.load_state_dict(load_file(str(Path(path) / "kdfast_head.safetensors")))
         t.has_trained_head = True
         return t
+    if "BertForSequenceClassification" in (getattr(encoder.config, "architectures", None) or []):
+        return _from_hf_classifier(path, name_or_path, num_labels, dropout)
     if num_labels is None:
         raise ValueError(f"teacher {name_or_path!r} has no task head yet: give num_labels and "
                          "fine-tune it first (kdfast finetune)")
     return TeacherClassifier(encoder, num_labels, pooling or _default_pooling(path), dropout)
+
+
+def _from_hf_classifier(path, name, num_labels, dropout) -> TeacherClassifier:
+    """A fine-tuned transformers BertForSequenceClassification as a TeacherClassifier with
+    the same logits: its head is Linear(dropout(pooler output)), i.e. pooling ``pooler``."""
+    from transformers import BertForSequenceClassification
+
+    hf = BertForSequenceClassification.from_pretrained(path)
+    n = hf.config.num_labels
+    if num_labels is not None and num_labels != n:
+        raise ValueError(f"teacher {name} is a classifier with {n} labels but the task has "
+                         f"{num_labels}")
+    id2label = getattr(hf.config, "id2label", None) or {}
+    names = [id2label[i] for i in range(n)] if set(id2label) == set(range(n)) else None
+    t = TeacherClassifier(hf.bert, n, "pooler", dropout, names)
+    t.head.load_state_dict(hf.classifier.state_dict())
+    t.has_trained_head = True
+    return t
 
 
 def teacher_tokenizer(name_or_path: str):
