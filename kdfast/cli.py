@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -476,6 +477,9 @@ def cmd_extract(o) -> int:
     device = torch_device(o["device"])
     teacher, tokenizer, _ = load_bert(o["teacher"])
     select_units(teacher.config, strategy="rand", seed=0, **sizes)  # sizes fail before scoring
+    positions = teacher.config.max_position_embeddings
+    if o["strategy"] == "impt" and o["max_len"] > positions:
+        raise ValueError(f"--max-len {o['max_len']} but the teacher has {positions} positions")
     teacher.to(device)
     imp = None
     if o["strategy"] == "impt":
@@ -734,6 +738,8 @@ def check_before_running(o) -> None:
         rest = rest.rsplit("@", 1)[0] if rest.rsplit("@", 1)[-1].isdigit() else rest  # PATH@N
         if fmt in ("csv", "tsv", "jsonl", "text") and rest and not Path(rest).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec}: no such file {rest}")
+    if o.get("transfer_cache") and Path(o["transfer_cache"]).expanduser().is_dir():
+        raise IsADirectoryError(f"--transfer-cache {o['transfer_cache']}: a directory, not a file")
     if o.get("glove") and not Path(o["glove"]).expanduser().is_file():
         raise FileNotFoundError(f"--glove {o['glove']}: no such file")
     if o.get("report_to"):  # a backend that is not installed
@@ -756,6 +762,13 @@ def check_before_running(o) -> None:
 
 
 USER_ERRORS = (ValueError, OSError, UnicodeError, UsageError)
+
+
+def _as_flags(message: str) -> str:
+    """A library message in the command line's words: ``max_len`` -> ``--max-len`` (options
+    of two or more words only: they cannot be mistaken for ordinary words)."""
+    names = "|".join(sorted((re.escape(n) for n in OPTIONS if "_" in n), key=len, reverse=True))
+    return re.sub(rf"(?<![\w/.-])({names})(?![\w/])", lambda m: _flag(m.group(1)), message)
 
 
 def main(argv=None) -> int:
@@ -784,7 +797,7 @@ def main(argv=None) -> int:
         message = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{e.filename}: {e.strerror or message}"
-        print(f"{where}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"{where}: error: {_as_flags(' '.join(message.split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

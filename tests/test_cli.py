@@ -256,6 +256,9 @@ def test_paths_checked_up_front(tmp_path, capsys):
     # TASK@N names the file without its @N
     argv = ["eval", "--model", "./no/such/dir", "--task", f"csv:{data}@5"]
     assert_user_error(*run(argv, capsys)[::2], "--model ./no/such/dir: no such directory")
+    argv = ["distill", "tang", "--teacher", "t", "--task", "movie-sentences", "--out",
+            tmp_path / "o", "--transfer-cache", tmp_path]
+    assert_user_error(*run(argv, capsys)[::2], "a directory, not a file")
     # bench: --out checked before any timing; --quick results never take a full run's name
     assert_user_error(*run(["bench", "losses", "--quick", "--out", data], capsys)[::2],
                       "a file, not a directory")
@@ -335,7 +338,7 @@ def test_finetune_distill_eval_overwrite_and_resume(env, tmp_path, capsys):
         assert_user_error(*run(["eval", "--model", model, "--task", f"csv:{three}"],
                                capsys)[::2], "predicts 2 classes but task")
     assert_user_error(*run(["eval", "--model", teacher, "--task", task, "--max-len", "100"],
-                           capsys)[::2], "max_len=100 but")
+                           capsys)[::2], "--max-len=100 but")
     # an existing run: refused without a flag, untouched
     before = snapshot(kd)
     assert_user_error(*run(["distill", "tang", "--config", cfg, "--out", kd], capsys)[::2],
