@@ -265,6 +265,7 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
                         raise ValueError(f"{other}: column {col!r} missing; columns are "
                                          f"{list(orows[0])}")
                 splits[name] = _rows_to_split(orows, other, text_col, text_b_col, label_col)
+    files = [k for k in ("dev", "test") if k in splits]
     if "test" not in splits and "dev" not in splits:
         splits["test"], splits["dev"], splits["train"] = _carve(splits["train"], (0.1, 0.1), seed)
     elif "test" not in splits or "dev" not in splits:
@@ -272,15 +273,16 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
         splits[missing], splits["train"] = _carve(splits["train"], (0.1,), seed)
 
     kinds = {k: _labels_kind(s.labels) for k, s in splits.items()}
+    unseen = None  # a typo ("positive" for "pos") would otherwise become a new class
     if num_labels is None and not any(kind == "float" for kind, _ in kinds.values()):
-        seen = {str(v) for v in splits["train"].labels}
-        for k in ("dev", "test"):
+        seen = {str(v) for k, s in splits.items() if k not in files for v in s.labels}
+        for k in files:  # the dev/test files beside train.csv (carved splits share its rows)
             extra = sorted({str(v) for v in splits[k].labels} - seen)
-            if extra:  # a typo ("positive" for "pos") would otherwise become a new class
-                raise ValueError(f"{path.with_name(k + path.suffix)}: labels "
-                                 f"{', '.join(map(repr, extra[:5]))} never occur in {path.name} "
-                                 f"(its labels: {', '.join(map(repr, sorted(seen)[:10]))}); "
-                                 "give --num-labels if that is intended")
+            if extra and unseen is None:  # raised after the checks of the values themselves
+                unseen = (f"{path.with_name(k + path.suffix)}: labels "
+                          f"{', '.join(map(repr, extra[:5]))} never occur in {path.name} "
+                          f"(its labels: {', '.join(map(repr, sorted(seen)[:10]))}); "
+                          "give --num-labels if that is intended")
     label_names, regression = [], False
     if any(kind == "string" for kind, _ in kinds.values()):
         label_names = sorted({str(v) for s in splits.values() for v in s.labels})
@@ -313,6 +315,8 @@ def _local(fmt: str, spec: str, seed: int, text_column, text_b_column, label_col
             raise ValueError(f"{path}: class labels must be >= 0, found {low}")
         if n < 2:
             raise ValueError(f"{path}: a classification task needs at least 2 classes")
+    if unseen:
+        raise ValueError(unseen)
     return Task(f"{fmt}:{spec}", splits["train"], splits["dev"], splits["test"], n,
                 metric or "accuracy", label_names)
 
