@@ -71,12 +71,12 @@ def _prepare(names, tensors, heads, mask, *, mask_required=False):
         if a.shape != b.shape:
             raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and "
                              f"{tuple(b.shape)}")
-    cache = {}
     out = []
-    for nm, x in zip(names, tensors):
-        if id(x) not in cache:  # the same tensor twice (V, V) stays one tensor: shared gradient
-            cache[id(x)] = _split(nm, x, heads)
-        out.append(cache[id(x)])
+    for i, (nm, x) in enumerate(zip(names, tensors)):
+        # the same tensor twice (V, V) stays one tensor: shared gradient (a plain loop over
+        # "is": the torch 2.4 compiler traces neither id() of a tensor nor next())
+        same = [j for j in range(i) if tensors[j] is x]
+        out.append(out[same[0]] if same else _split(nm, x, heads))
     sa, sb, ta, tb = out
     if sa.shape[1] != ta.shape[1]:
         raise ValueError(
