@@ -20,13 +20,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tokenizer, a fine-tuned tiny teacher (saved) and a synthetic sentiment task."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("tiny")
     tok = _tiny.tokenizer(d)
     task = _tiny.task(160)
     teacher, res = finetune(_tiny.teacher(tok), task, d / "ft", tokenizer=tok, epochs=4, lr=5e-3,
                             batch_size=16, progress=False)
-    return tok, task, teacher, res, d
+    yield tok, task, teacher, res, d
+    torch.set_num_threads(threads)  # the rest of the session keeps its threads
 
 
 def _first_last(res, k=3):
@@ -84,14 +86,28 @@ def test_tang_pairs_with_temperature_kl(tmp_path):
     assert isinstance(load_student(tmp_path / "pairs" / "student"), SiameseBiLSTMClassifier)
 
 
-def test_sra_pretrains_then_finetunes(tiny, tmp_path):
+def test_sra_pretrains_then_finetunes(tiny, tmp_path, monkeypatch):
+    from kdfast.nn.students import SRAEncoder
+
     tok, task, teacher, _, _ = tiny
+    started = []  # the stage-2 classifier's encoder weights as built, before it trains
+    real = SRAEncoder.classifier
+
+    def spy(self, *a, **k):
+        model = real(self, *a, **k)
+        started.append({n: v.clone() for n, v in model.encoder.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(SRAEncoder, "classifier", spy)
     model, res = sra(teacher, task, tmp_path / "sra", tokenizer=tok, stage1={"epochs": 4},
                      epochs=2, **FAST)
+    monkeypatch.undo()
     first, last = _first_last(res["stage1"])
     assert last < first and res["unlabelled_sentences"] == len(set(task.train.texts))
     enc = load_student(tmp_path / "sra" / "stage1" / "encoder")
-    for k, v in enc.encoder.state_dict().items():  # stage 2 started from stage 1's encoder
+    (at_start,) = started  # stage 2 started from stage 1's (saved) encoder weights
+    for k, v in enc.encoder.state_dict().items():
+        torch.testing.assert_close(at_start[k], v)
         assert v.shape == model.encoder.state_dict()[k].shape
     assert load_student(tmp_path / "sra" / "stage2" / "student").config["pooling"] == "max"
     _, res_kd = sra(teacher, task, tmp_path / "sra2", tokenizer=tok, stage1={"epochs": 1},
