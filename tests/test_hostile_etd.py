@@ -11,7 +11,6 @@ from transformers import BertForSequenceClassification, BertModel
 import kdfast.etd as etd
 from kdfast import _ext
 from kdfast.etd import _bert
-from kdfast.etd.importance import _backend_for
 from kdfast.ops import _backend
 from kdfast.ops import bilstm as bilstm_ops
 from kdfast.ops import importance as importance_ops
@@ -288,4 +287,3 @@ def test_forced_triton_uses_the_families_own_order(monkeypatch):
                           bias=False, backend="triton")
     monkeypatch.setenv("KDFAST_BACKEND", "reference")
     assert importance_ops.resolve("auto", cpu) == "reference"
-    assert _backend_for("auto", cpu) == "reference"

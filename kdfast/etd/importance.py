@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kdfast.etd import _bert
-from kdfast.ops.importance import unit_taylor
+from kdfast.ops.importance import resolve, unit_taylor
 
 
 @dataclass
@@ -192,12 +192,6 @@ def check_loss_fn(loss_fn) -> None:
         raise TypeError("loss_fn must be None, a callable loss_fn(outputs, batch) -> scalar or "
                         f"an object with compute(model, batch, activate), got "
                         f"{type(loss_fn).__name__}")
-
-
-def _backend_for(backend, device):
-    from kdfast.ops.importance import resolve
-
-    return resolve(backend, device)
 
 
 def _loss_chooser(model, base, loss_fn):
@@ -369,7 +363,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
                                    cfg.hidden_size // cfg.num_attention_heads)
     choose = _loss_chooser(model, base, loss_fn)
     p0 = next(model.parameters())
-    _backend_for(backend, p0.device)  # a bad backend fails here, not inside a backward hook
+    resolve(backend, p0.device)  # a bad backend fails here, not inside a backward hook
     if unpad_overhead_tokens is None:
         unpad_overhead_tokens = 64 if p0.device.type == "cpu" else 4096
     # Totals live on the model's device: no host sync until the end (but unpad reads each
@@ -419,10 +413,7 @@ def importance(model, batches, *, loss_fn=None, num_batches: int | None = None,
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-    imp = _finish(heads_tot, ffn_tot, hidden_tot, count, sentences, attn=attn_tot)
-    if not heads:
-        imp.attn = None
-    return imp
+    return _finish(heads_tot, ffn_tot, hidden_tot, count, sentences, attn=attn_tot)
 
 
 def _accumulate(sums, n_heads, heads_tot, attn_tot, ffn_tot, hidden_tot):

@@ -110,7 +110,7 @@ def open_writer(report_to: str | None, out_dir, *, name: str = "run", config: di
 
 class DeviceMeans:
     """Running sums of named scalar tensors on their device (no host sync when adding);
-    :meth:`read` returns the means since the last read as host floats, in one transfer."""
+    :meth:`totals` returns them as host floats, in one transfer, and resets."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
@@ -140,8 +140,3 @@ class DeviceMeans:
         vals = stacked.tolist()  # the one host read
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
-
-    def read(self, reduce=None, n: int | None = None) -> dict[str, float]:
-        """Means over ``n`` (default: the number of :meth:`add` calls) since the last read."""
-        n = self.n if n is None else n
-        return {k: v / max(1, n) for k, v in self.totals(reduce).items()}
