@@ -30,18 +30,28 @@ from pathlib import Path
 import torch
 
 
-def _work_dir(out: Path, fresh: bool) -> Path:
-    """``--out``: kdfast's own work directory (its cache is reused unless ``fresh``); an
-    existing non-empty directory that kdfast did not write is refused and left alone."""
+SETTINGS_FILE = "demo-settings.json"
+
+
+def _work_dir(out: Path, fresh: bool, settings: dict) -> Path:
+    """``--out``: kdfast's own work directory (its cache is reused unless ``fresh``, or unless
+    it was computed with other ``settings``); an existing non-empty directory that kdfast did
+    not write is refused and left alone."""
     from kdfast.distill import outputs
 
-    if fresh:
-        return outputs.prepare_output_dir(out, overwrite=True)
     outputs.check_output_dir(out, overwrite=True)  # refuses a non-kdfast directory
+    cached = out / SETTINGS_FILE
+    if not fresh and cached.is_file() and json.loads(cached.read_text()) != settings:
+        print(f"kdfast demo: {out} was computed with other settings "
+              f"({json.loads(cached.read_text())}): recomputing")
+        fresh = True
+    if fresh:
+        outputs.prepare_output_dir(out, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / outputs.MARKER).exists():
         outputs.atomic_write_text(out / outputs.MARKER, "written by kdfast demo; --fresh may "
                                                         "clear this directory\n")
+    outputs.atomic_write_json(cached, settings)
     return out
 
 
@@ -99,7 +109,10 @@ def run_demo(o: dict) -> int:
     if train_layers > DEMO_TEACHER_LAYERS:
         raise ValueError(f"--train-layers: the demo's teacher has {DEMO_TEACHER_LAYERS} layers, "
                          f"got {train_layers}")
-    out = _work_dir(Path(o["out"] or "runs/demo"), fresh)
+    # what the cached steps depend on: a cache computed otherwise is recomputed
+    settings = {"quick": quick, "train_layers": train_layers, "bf16": bf16,
+                **{k: o[k] for k in ("teacher_epochs", "teacher_lr")}}
+    out = _work_dir(Path(o["out"] or "runs/demo"), fresh, settings)
     if o["threads"]:
         torch.set_num_threads(o["threads"])
     print(f"kdfast demo: CPU, {torch.get_num_threads()} threads; work directory {out}")

@@ -361,6 +361,19 @@ def test_csv_bad_inputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- demo
+def test_demo_cache_is_reused_only_with_the_same_settings(tmp_path, capsys):
+    from kdfast.demo import _work_dir
+
+    out = tmp_path / "demo"
+    a, b = {"quick": True, "teacher_epochs": 1.0}, {"quick": False, "teacher_epochs": 1.0}
+    _work_dir(out, False, a)
+    (out / "teacher").mkdir()
+    _work_dir(out, False, a)
+    assert (out / "teacher").is_dir()  # same settings: the cache stays
+    _work_dir(out, False, b)
+    assert not (out / "teacher").exists() and "other settings" in capsys.readouterr().out
+
+
 def test_demo_checks_options_and_refuses_a_users_directory(tmp_path, capsys):
     from kdfast.cli import main
 
