@@ -31,6 +31,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_LEN = 64  # tokens per example unless --max-len says otherwise
+
 # ------------------------------------------------------------------------- value checks
 # Each turns one command-line string (or a config-file value) into a value, or raises
 # argparse.ArgumentTypeError saying what was expected.
@@ -121,7 +123,9 @@ OPTIONS = {
     "label_column": Opt(None, TEXT, "label column of a local file"),
     "num_labels": Opt(None, POSITIVE_INT, "number of classes (checked against the labels)"),
     "metric": Opt(None, str, "task metric (task default)", ("accuracy", "f1", "mcc", "pearson")),
-    "max_len": Opt(64, POSITIVE_INT, "maximum tokens per sentence"),
+    "max_len": Opt(None, POSITIVE_INT, f"maximum tokens per example (BERT reads a pair's two "
+                                       f"sentences within it) [{MAX_LEN}; tinybert's general "
+                                       "stage: 128]"),
     "out": Opt(None, TEXT, "output directory"),
     "config": Opt(None, TEXT, "YAML or JSON file with any of this command's options"),
     # training
@@ -304,6 +308,10 @@ def _train(o):
     return {**_given(o, TRAIN), "progress": o["progress"]}
 
 
+def _max_len(o):
+    return o["max_len"] or MAX_LEN
+
+
 def _run(o):
     return dict(overwrite=o["overwrite"], resume=o["resume"])
 
@@ -318,7 +326,7 @@ def _summary(res, where):
 def cmd_finetune(o) -> int:
     from kdfast.distill import finetune
 
-    _, res = finetune(o["teacher"] or "minilm-l6", _task(o), o["out"], max_len=o["max_len"],
+    _, res = finetune(o["teacher"] or "minilm-l6", _task(o), o["out"], max_len=_max_len(o),
                       train_layers=o["train_layers"], **_run(o), **_train(o))
     _summary(res, f"fine-tuned teacher: {Path(o['out']) / 'teacher'}")
     return 0
@@ -341,7 +349,7 @@ def cmd_tang(o) -> int:
         _refuse(o, ("n_aug", "p_mask", "p_pos", "p_ng"), "augmentation options, but "
                 "--no-augment is given")
     aug = _given(o, TANG_AUG, {"n_aug": "n_iter"})
-    _, res = tang(o["teacher"], _task(o), o["out"], max_len=o["max_len"],
+    _, res = tang(o["teacher"], _task(o), o["out"], max_len=_max_len(o),
                   **_given(o, ("loss",) + SOFT), **aug, **_bilstm(o), **_run(o), **_train(o))
     _summary(res, f"student: {Path(o['out']) / 'student'}")
     return 0
@@ -354,7 +362,7 @@ def cmd_sra(o) -> int:
     stage2 = _given(o, ("loss",) + SOFT)
     if stage2 and o["stage2"] != "tang":
         raise ValueError(", ".join(_flag(k) for k in stage2) + " apply to --stage2 tang only")
-    _, res = sra(o["teacher"], _task(o), o["out"], max_len=o["max_len"], stage2=o["stage2"],
+    _, res = sra(o["teacher"], _task(o), o["out"], max_len=_max_len(o), stage2=o["stage2"],
                  stage1=stage1, unlabelled=_unlabelled(o),
                  **_given(o, ("sra_teacher", "vector", "stage1_loss", "transfer_cache")),
                  **stage2, **_bilstm(o), **_run(o), **_train(o))
@@ -410,11 +418,13 @@ def cmd_tinybert(o) -> int:
     train = _train(o)
     seed = train.pop("seed", 0)
     shared = _given(o, ("mode", "style", "backend"))
-    task_kw = {**_transformer(o), **train} if o["stage"] != "general" else shared
+    task_kw = {**_transformer(o), **train, "max_len": _max_len(o)} if o["stage"] != "general" \
+        else shared
+    general = {**train, **_given(o, ("max_len",))}  # its own default: 128 (the paper's)
     _, res = tinybert(o["teacher"], task, o["out"], stage=o["stage"],
                       general_teacher=o["general_teacher"], unlabelled=unl, student=student,
-                      general=dict(train) if o["stage"] != "task" else None, seed=seed,
-                      max_len=o["max_len"], **_run(o), **task_kw)
+                      general=general if o["stage"] != "task" else None, seed=seed,
+                      **_run(o), **task_kw)
     step2 = Path("step2") / "student"
     where = {"task": step2, "all": Path("task") / step2, "general": Path("general") / "student"}
     _summary(res, f"student: {Path(o['out']) / where[o['stage']]}")
@@ -452,7 +462,7 @@ def cmd_etd(o) -> int:
     _, res = etd(o["teacher"], _task(o), o["out"], strategy=o["strategy"], style=style,
                  task_specific=o["task_specific"], num_layers=o["num_layers"] or 3,
                  **_given(o, BERT_SIZE[1:]), unlabelled=_unlabelled(o),
-                 **_given(o, ("importance_batches",)), max_len=o["max_len"], seed=seed,
+                 **_given(o, ("importance_batches",)), max_len=_max_len(o), seed=seed,
                  **_run(o), **distill, **train)
     where = Path("step2" if o["task_specific"] else "general") / "student"
     _summary(res.get("results"), f"student: {Path(o['out']) / where}")
@@ -478,14 +488,14 @@ def cmd_extract(o) -> int:
     teacher, tokenizer, _ = load_bert(o["teacher"])
     select_units(teacher.config, strategy="rand", seed=0, **sizes)  # sizes fail before scoring
     positions = teacher.config.max_position_embeddings
-    if o["strategy"] == "impt" and o["max_len"] > positions:
-        raise ValueError(f"--max-len {o['max_len']} but the teacher has {positions} positions")
+    if o["strategy"] == "impt" and _max_len(o) > positions:
+        raise ValueError(f"--max-len {_max_len(o)} but the teacher has {positions} positions")
     teacher.to(device)
     imp = None
     if o["strategy"] == "impt":
         sentences = _sentences(o["task"], o["num_sentences"], o["seed"])
         bs = o["batch_size"] or 32
-        imp = importance(teacher, make_batches(tokenizer, sentences, bs, o["max_len"]),
+        imp = importance(teacher, make_batches(tokenizer, sentences, bs, _max_len(o)),
                          num_batches=-(-len(sentences) // bs), backend=o["backend"],
                          progress=o["progress"])
     student = extract(teacher, strategy=o["strategy"], importance=imp, seed=o["seed"],
@@ -521,7 +531,7 @@ def _sentences(spec, limit, seed):
 def cmd_eval(o) -> int:
     from kdfast.distill.evaluate import evaluate_saved
 
-    res = evaluate_saved(o["model"], _task(o), split=o["split"], max_len=o["max_len"],
+    res = evaluate_saved(o["model"], _task(o), split=o["split"], max_len=_max_len(o),
                          batch_size=o["batch_size"] or 32, device=o["device"])
     print(json.dumps(res, indent=2) if o["json"] else
           f"{res['model']} ({res['kind']}, {res['parameters'] / 1e6:.2f}M parameters) on "

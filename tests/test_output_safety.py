@@ -134,6 +134,9 @@ def test_a_bad_tang_option_writes_nothing(tiny, tmp_path, bad, monkeypatch):
     (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
                                         stage="general", student=SIZES, n_a=3), "n_a"),
     (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
+                                        stage="general", student=SIZES, max_len=32),
+     "max_len"),  # the general stage's length goes in general= (its default is 128)
+    (lambda t, tok, task, out: tinybert(_bert_teacher(tok), task, out, tokenizer=tok,
                                         student=SIZES, unlabelled=["a b"]), "unlabelled"),
     (lambda t, tok, task, out: finetune(_tiny.teacher(tok), task, out, tokenizer=tok,
                                         batch_size=0), "batch_size"),

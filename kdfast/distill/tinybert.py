@@ -379,7 +379,9 @@ def task_setup(teacher, task, *, tokenizer=None, mode=DEFAULT_MODE, style="tinyb
 
 
 # ------------------------------------------------------------------------- both stages
-GENERAL_SHARED = ("tokenizer", "mode", "style", "seed", "progress", "backend", "max_len")
+# task-distillation options that the general stage shares (not max_len: the general stage
+# has its own default, 128 tokens as in the paper; give it in general=)
+GENERAL_SHARED = ("tokenizer", "mode", "style", "seed", "progress", "backend")
 
 
 def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unlabelled=None,
@@ -388,7 +390,9 @@ def tinybert(teacher, task, out_dir, *, stage="task", general_teacher=None, unla
     training sentences; teacher = ``general_teacher`` or ``teacher``), ``"task"`` or
     ``"all"`` (general distillation into ``out_dir/general``, then task distillation of that
     student into ``out_dir/task``). ``student``: a config dict, a directory or a model;
-    ``general``: training options of the general stage; ``kw``: :func:`task_distill`'s."""
+    ``general``: options of the general stage (:func:`general_setup`'s; its ``max_len``
+    defaults to 128 tokens, the paper's, whatever task distillation's is); ``kw``:
+    :func:`task_distill`'s."""
     plumbing.check_choice("stage", stage, STAGES)
     if student is None:
         raise ValueError("give student= (a config dict with num_layers, hidden_size, num_heads, "
