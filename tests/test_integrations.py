@@ -328,7 +328,8 @@ def test_device_means_read_once():
     m = DeviceMeans()
     for v in (1.0, 2.0, 3.0):
         m.add({"a": torch.tensor(v), "b": torch.tensor(2 * v)})
-    assert m.read() == {"a": 2.0, "b": 4.0} and not m
+    assert m.n == 3
+    assert m.totals() == {"a": 6.0, "b": 12.0} and not m and m.n == 0  # read once, reset
 
 
 def test_distiller_writes_tensorboard_with_every_component(tmp_path, monkeypatch):
