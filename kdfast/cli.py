@@ -144,7 +144,8 @@ OPTIONS = {
     "warmup": Opt(None, FRACTION_BELOW_1, "warm-up fraction of the steps"),
     "grad_clip": Opt(None, POSITIVE, "clip the gradient norm"),
     "eval_every": Opt(None, POSITIVE_INT, "evaluate on dev every N steps (default: each epoch)"),
-    "patience": Opt(None, POSITIVE_INT, "early stopping: evaluations without improvement"),
+    "patience": Opt(None, COUNT, "early stopping: evaluations without improvement (0: never "
+                                 "stop early) [tang and sra stage 2: 2; others: none]"),
     "checkpoint_every": Opt(None, POSITIVE_INT, "checkpoint every N steps (and at epoch ends)"),
     "seed": Opt(0, SEED, "random seed (data order, initialisation, augmentation; "
                          "never the task's splits)"),
@@ -596,7 +597,7 @@ COMMANDS = {
                           "backend", "device") + ("config", "out", "overwrite", "progress"),
                        frozenset({"teacher", "out"})),
     "eval": Command(cmd_eval, "test metric, parameters and throughput of a saved model",
-                    ("model",) + TASK + ("split", "seed", "batch_size", "device", "config"),
+                    ("model",) + TASK + ("split", "batch_size", "device", "config"),
                     frozenset({"model", "task"})),
     "bench": Command(cmd_bench, "run a kernel microbenchmark suite"),
 }

@@ -343,6 +343,11 @@ def test_csv_bad_inputs(tmp_path):
     reg = tmp_path / "reg.csv"  # a regression task is still one
     reg.write_text("text,label\n" + "\n".join(f"s{i},{i / 7}" for i in range(20)) + "\n")
     assert load_task(f"csv:{reg}").is_regression
+    with pytest.raises(ValueError, match=r"metric 'accuracy' does not fit .*\(a regression\)"):
+        load_task(f"csv:{reg}", metric="accuracy")
+    with pytest.raises(ValueError, match="metric 'pearson' does not fit"):
+        load_task("movie-sentences", metric="pearson")
+    assert load_task("movie-sentences", metric="mcc").metric == "mcc"
     # a dev/test label that train never has is a typo, not a new class
     for name, dev_label, needle in (("s", "positive", "'positive' never occur in train.csv"),
                                     ("i", "2", "'2' never occur in train.csv")):

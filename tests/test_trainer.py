@@ -154,6 +154,12 @@ def test_early_stopping_stops_and_keeps_the_best():
     res = d.train()
     assert res["steps"] < 50 * 5
     assert res["dev"]["accuracy"] == res["best_dev"]
+    # patience 0: no early stopping, every step runs
+    d = Distiller(None, _student(), "mse", train_data=train, dev_data=_examples(16, seed=1),
+                  epochs=4, eval_every=1, patience=0, **{**OPTS, "lr": 0.5, "optimizer": "sgd"})
+    assert d.train()["steps"] == 4 * 5
+    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+        Distiller(None, _student(), "mse", train_data=train, patience=-1)
 
 
 def test_bad_configs_and_data_give_clear_errors():

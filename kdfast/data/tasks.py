@@ -382,6 +382,12 @@ def load_task(spec: str, *, seed: int = 0, text_column: str | None = None,
                          "as glue/sst2; add @N for a sample of N training examples")
     if metric is not None:
         task.metric = metric
+    if (task.metric == "pearson") != (task.num_labels == 1) or \
+            (task.metric in ("f1", "mcc") and task.num_labels != 2):
+        kind = "a regression" if task.num_labels == 1 else f"{task.num_labels} classes"
+        fits = "pearson" if task.num_labels == 1 else \
+            "accuracy, f1 or mcc" if task.num_labels == 2 else "accuracy"
+        raise ValueError(f"metric {task.metric!r} does not fit task {spec!r} ({kind}): use {fits}")
     for name in ("train", "dev", "test"):
         if len(getattr(task, name)) == 0:
             raise ValueError(f"task {spec!r}: the {name} split is empty")

@@ -136,7 +136,10 @@ class TrainConfig:
         check_positive_int("max_steps", self.max_steps, none_ok=True)
         check_positive_int("min_steps", self.min_steps, none_ok=True)
         check_positive_int("eval_every", self.eval_every, none_ok=True)
-        check_positive_int("patience", self.patience, none_ok=True)
+        if self.patience is not None and (isinstance(self.patience, bool) or
+                                          not isinstance(self.patience, int) or self.patience < 0):
+            raise ValueError(f"patience must be an int >= 0 (0: no early stopping) or None, got "
+                             f"{self.patience!r}")
         check_positive_int("checkpoint_every", self.checkpoint_every, none_ok=True)
         check_probability("alpha", self.alpha)
         check_positive("temperature", self.temperature)
@@ -442,7 +445,7 @@ class Distiller:
                                for k, v in self.student.state_dict().items()}
         else:
             st.bad_evals += 1
-        return c.patience is not None and st.bad_evals >= c.patience
+        return bool(c.patience) and st.bad_evals >= c.patience  # None or 0: never
 
     # ---------------------------------------------------------------- checkpoints
     @property
