@@ -125,6 +125,15 @@ def test_init_projection_is_the_selection_matrix(tmp_path):
     assert float(st.fit_dense(x).detach().abs().sum()) == pytest.approx(float(x.abs().sum()))
 
 
+def test_etd_to_a_depth_that_does_not_divide_the_teachers(tmp_path):
+    # 4 teacher layers -> 3: the losses map to the layers the extraction kept (1, 3, 4)
+    tok = _tiny.tokenizer(tmp_path)
+    st, res = etd(_teacher(tok), _tiny.task(8), None, tokenizer=tok, strategy="rand",
+                  **dict(SIZES, num_layers=3), max_steps=1, **FAST)
+    assert st.model.config.etd["teacher_layers"] == [0, 2, 3]
+    assert res["results"]["step2"]["steps"] == 1
+
+
 def test_etd_bad_inputs(tmp_path):
     tok = _tiny.tokenizer(tmp_path)
     teacher = _teacher(tok)
@@ -134,9 +143,6 @@ def test_etd_bad_inputs(tmp_path):
         extract_student(teacher, strategy="impt", **SIZES)
     with pytest.raises(ValueError, match="multiple of num_heads"):
         extract_student(teacher, strategy="rand", **dict(SIZES, hidden_size=9))
-    with pytest.raises(ValueError, match="divisible"):
-        etd(teacher, _tiny.task(8), None, tokenizer=tok, strategy="rand",
-            **dict(SIZES, num_layers=3), **FAST)
     with pytest.raises(ValueError, match="unlabelled"):
         etd(teacher.encoder, None, None, tokenizer=tok, task_specific=False, strategy="rand",
             **SIZES)

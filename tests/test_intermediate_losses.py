@@ -301,8 +301,6 @@ def test_errors():
                           num_relation_heads=3)
     with pytest.raises(ValueError, match="Projection"):
         hidden_mse([torch.randn(2, 5, 8)], [torch.randn(2, 5, 12)])
-    with pytest.raises(ValueError, match="divisible"):
-        layer_map(12, 5)
     with pytest.raises(ValueError, match="explicit"):
         layer_map(12, 2, [3, 12])
 
@@ -399,6 +397,12 @@ def test_layer_map():
     assert layer_map(6, 2, "last") == [4, 5]
     assert layer_map(6, 2, [1, 3]) == [1, 3]
     assert layer_map(6, 2, [1, 3], include_embeddings=True) == [0, 2, 4]
+    # M not dividing N: m*N/M rounded half up, the layers ETD's uniform extraction keeps
+    assert layer_map(4, 3) == [0, 2, 3] and layer_map(12, 5) == [1, 4, 6, 9, 11]
+    assert layer_map(4, 3, include_embeddings=True) == [0, 1, 3, 4]
+    from kdfast.etd.extract import _layers
+    for n, m in ((12, 5), (6, 4), (12, 4), (4, 3)):
+        assert _layers("uniform", n, m) == layer_map(n, m)
 
 
 # ---------------------------------------------------------------- a real HuggingFace forward

@@ -40,6 +40,7 @@ import re
 import torch
 
 from kdfast.etd import _bert
+from kdfast.losses.intermediate import layer_map
 
 STRATEGIES = ("impt", "rand")
 
@@ -53,12 +54,10 @@ def _positive(name, value) -> int:
 
 
 def _layers(selection, n_teacher: int, m: int) -> list[int]:
-    if isinstance(selection, str) and selection == "uniform":
-        return [int(math.floor((i + 1) * n_teacher / m + 0.5)) - 1 for i in range(m)]
+    if isinstance(selection, str) and selection in ("uniform", "last"):
+        return layer_map(n_teacher, m, selection)  # the layers TinyBERT's losses map to
     if isinstance(selection, str) and selection == "first":
         return list(range(m))
-    if isinstance(selection, str) and selection == "last":
-        return list(range(n_teacher - m, n_teacher))
     what = (f"layer_selection must be 'uniform', 'first', 'last' or a list of {m} distinct, "
             f"increasing int teacher layer indices in [0, {n_teacher})")
     if isinstance(selection, (str, bytes)) or not hasattr(selection, "__iter__"):

@@ -14,6 +14,7 @@ or 0/1 floats. To capture the raw scores (QK^T/sqrt(d) + mask) of a HuggingFace 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -360,8 +361,9 @@ def layer_map(teacher_layers: int, student_layers: int, strategy="uniform", *,
               include_embeddings: bool = False) -> list[int]:
     """0-based teacher layer index for each student layer.
 
-    ``uniform`` (TinyBERT): with k = N / M, student layer m (1-based) takes teacher layer m*k,
-    i.e. index m*k - 1 of a list of per-layer outputs (attentions). ``last``: the last M
+    ``uniform`` (TinyBERT): student layer m (1-based) takes teacher layer m*N/M, i.e. index
+    m*N/M - 1 of a list of per-layer outputs (attentions); where M does not divide N, m*N/M
+    rounded half up (the layers ETD's uniform extraction keeps: 4 -> 3 gives 1, 3, 4). ``last``: the last M
     teacher layers. An explicit list of M teacher indices is checked and returned.
     ``include_embeddings=True`` maps hidden states where index 0 is the embedding output:
     the result has M + 1 entries, starting with 0 (TinyBERT's ``teacher_reps[i * k]``).
@@ -374,14 +376,8 @@ def layer_map(teacher_layers: int, student_layers: int, strategy="uniform", *,
         raise ValueError(f"student_layers ({m}) cannot exceed teacher_layers ({n})")
     if isinstance(strategy, str):
         _checks.choice("strategy", strategy, ("uniform", "last"))
-        if strategy == "uniform":
-            if n % m:
-                raise ValueError(
-                    f"uniform mapping needs teacher_layers ({n}) divisible by student_layers ({m}); "
-                    "pass an explicit list instead"
-                )
-            k = n // m
-            idx = [(i + 1) * k - 1 for i in range(m)]
+        if strategy == "uniform":  # exactly m*N/M - 1 where M divides N
+            idx = [math.floor((i + 1) * n / m + 0.5) - 1 for i in range(m)]
         else:
             idx = list(range(n - m, n))
     else:
