@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from kdfast._io import atomic_write
 from kdfast.data.augment import words as split_words
 from kdfast.data.fetch import fingerprint
 
@@ -258,15 +259,15 @@ def augment(texts, texts_b=None, *, tokenizer, mlm=None, embeddings=None, glove=
         if texts_b is not None:
             out_b += [texts_b[i]] * len(variants)
     if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp")  # then an atomic rename: never half a cache
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "n_a": n_a, "p_t": p_t, "k": k, "seed": seed,
-                                "rows": len(out_a)}) + "\n")
-            for j, a in enumerate(out_a):
-                row = {"a": a, "src": src[j]}
-                if out_b is not None:
-                    row["b"] = out_b[j]
-                f.write(json.dumps(row) + "\n")
-        tmp.replace(cache)
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "n_a": n_a, "p_t": p_t, "k": k, "seed": seed,
+                                    "rows": len(out_a)}) + "\n")
+                for j, a in enumerate(out_a):
+                    row = {"a": a, "src": src[j]}
+                    if out_b is not None:
+                        row["b"] = out_b[j]
+                    f.write(json.dumps(row) + "\n")
+
+        atomic_write(cache, write)  # never half a cache, and no temp name two runs share
     return out_a, out_b, src
