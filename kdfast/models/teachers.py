@@ -161,7 +161,7 @@ def load_teacher(name_or_path: str, num_labels: int | None = None, *, pooling: s
     try:
         encoder = AutoModel.from_pretrained(path)
     except OSError as e:
-        raise ValueError(f"cannot load teacher {name_or_path!r}: {e}") from None
+        raise ValueError(_cannot_load(name_or_path, e)) from None
     if head_meta.is_file():
         from safetensors.torch import load_file
 
@@ -200,6 +200,14 @@ def _from_hf_classifier(path, name, num_labels, dropout) -> TeacherClassifier:
     return t
 
 
+def _cannot_load(name, error) -> str:
+    """One line: transformers' OSError spans several, and a mistyped local name reads as a
+    hub name that the hub does not have."""
+    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    where = "" if Path(str(name)).exists() else "no local directory of that name; as a hub name: "
+    return f"cannot load teacher {str(name)!r}: {where}{first.strip()}"
+
+
 def teacher_tokenizer(name_or_path: str):
     """The tokenizer of a teacher: a local directory must hold its tokenizer files."""
     from transformers import AutoTokenizer
@@ -229,7 +237,7 @@ def load_encoder(teacher, *, architecture: bool = False):
             return transformers.AutoModel.from_pretrained(path), path
         config = transformers.AutoConfig.from_pretrained(path)
     except OSError as e:
-        raise ValueError(f"cannot load teacher {teacher!r}: {e}") from None
+        raise ValueError(_cannot_load(teacher, e)) from None
     arch = (getattr(config, "architectures", None) or ["BertModel"])[0]
     cls = getattr(transformers, arch, None)
     if cls is None or not arch.startswith("Bert"):
