@@ -168,6 +168,9 @@ def test_bad_configs_and_data_give_clear_errors():
         Distiller(None, _student(), "mse", train_data=data, learning_rate=1.0)
     with pytest.raises(ValueError, match="optimizer"):
         Distiller(None, _student(), "mse", train_data=data, optimizer="lion")
+    for bad in ("epochs", "lr", "weight_decay", "grad_clip", "temperature"):
+        with pytest.raises(ValueError, match=f"{bad} must be a finite number"):
+            Distiller(None, _student(), "mse", train_data=data, **{bad: float("inf")})
     with pytest.raises(ValueError, match="loss must be one of"):
         Distiller(None, _student(), "hinge", train_data=data)
     with pytest.raises(ValueError, match="train_data is empty"):

@@ -2,10 +2,9 @@
 a ValueError naming the option and what was expected."""
 from __future__ import annotations
 
+import math
 
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+from kdfast.ops._checks import choice as check_choice  # noqa: F401 (one implementation)
 
 
 def check_positive_int(name: str, value, *, none_ok: bool = False) -> None:
@@ -21,6 +20,6 @@ def check_probability(name: str, value) -> None:
 
 
 def check_positive(name: str, value) -> None:
-    """A number > 0 (a temperature, a learning rate); NaN is not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    """A finite number > 0 (a temperature, a learning rate); NaN and inf are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -130,9 +130,9 @@ class TrainConfig:
         check_positive_int("eval_batch_size", self.eval_batch_size)
         check_positive_int("log_every", self.log_every)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
-                or not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0 (max_steps, when given, stops earlier), got "
-                             f"{self.epochs!r}")
+                or not 0 < self.epochs < math.inf:
+            raise ValueError(f"epochs must be a finite number > 0 (max_steps, when given, stops "
+                             f"earlier), got {self.epochs!r}")
         check_positive_int("max_steps", self.max_steps, none_ok=True)
         check_positive_int("min_steps", self.min_steps, none_ok=True)
         check_positive_int("eval_every", self.eval_every, none_ok=True)
@@ -146,12 +146,12 @@ class TrainConfig:
         check_positive("lr", self.lr)
         if not 0.0 < self.rho <= 1.0:
             raise ValueError(f"rho must lie in (0, 1], got {self.rho}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must lie in [0, 1) (a fraction of the steps), got {self.warmup}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"grad_clip must be a finite number > 0, got {self.grad_clip}")
         if self.metric is not None and self.metric not in M.METRICS:
             raise ValueError(f"metric must be one of {M.METRICS}, got {self.metric!r}")
         resolve_report_to(self.report_to)  # a named backend that is not installed: error now
