@@ -103,11 +103,15 @@ template <class Acc>
 KDFAST_INLINE Acc kl_row(const Acc* __restrict s, const Acc* __restrict t, Acc lse_s, Acc lse_t,
                          Acc cq, Acc* __restrict g) {
   Acc loss = 0;
+  // A teacher probability of 0 (a masked key) contributes 0; a NaN one (NaN in the teacher's
+  // row: its lse is NaN) contributes NaN, as in the reference. Only a dead teacher row (lse
+  // -inf, every key -inf) is skipped.
+  const bool live = lse_t != neg_inf<Acc>();
 #pragma omp simd reduction(+ : loss)
   for (int j = 0; j < BK; ++j) {
     const Acc ls = s[j] - lse_s, lt = t[j] - lse_t;  // -inf for masked keys
     const Acc ps = exp_acc(ls), pt = exp_acc(lt);
-    loss += pt > Acc(0) ? pt * (lt - ls) : Acc(0);
+    loss += live && pt != Acc(0) ? pt * (lt - ls) : Acc(0);
     g[j] = cq * (ps - pt);
   }
   return cq * loss;

@@ -94,7 +94,7 @@ __device__ __forceinline__ Acc entry(Acc s, Acc t, Acc cq, bool key, Acc lse_s, 
     const Acc ls = key ? s - lse_s : ninf, lt = key ? t - lse_t : ninf;
     const Acc ps = exp_acc(ls), pt = exp_acc(lt);
     g = key && cq != zero ? cq * (ps - pt) : zero;
-    return pt > zero ? pt * (lt - ls) : zero;
+    return pt != zero && lse_t != ninf ? pt * (lt - ls) : zero;  // NaN propagates, as the CPU
   }
   bool live = key;
   if (KIND == TINYBERT_MSE) {  // entries <= -100 count 0 with zero gradient (NaN stays live)

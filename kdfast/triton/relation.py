@@ -62,7 +62,9 @@ def _grad_tile(s, t, cq, wk, lse_s, lse_t, KIND: tl.constexpr):
         lt = tl.where(real, t - lse_t[:, None], float("-inf"))
         ps = tl.exp(ls)
         pt = tl.exp(lt)
-        loss = tl.sum(tl.where(pt > 0, pt * (lt - ls), 0.0), 1)
+        # pt 0 (masked key) or a dead row (lse -inf) adds 0; NaN in the teacher's row adds NaN
+        live = (pt != 0) & (lse_t != float("-inf"))[:, None]
+        loss = tl.sum(tl.where(live, pt * (lt - ls), 0.0), 1)
         g = cq[:, None] * (ps - pt)
         g = tl.where(real & (cq != 0)[:, None], g, 0.0)
     else:
