@@ -373,6 +373,8 @@ def cmd_sra(o) -> int:
 
 def _transformer(o):
     """Options shared by tinybert and etd, in the library's words."""
+    if not o["augment"]:
+        _refuse(o, TINYBERT_AUG, "augmentation options, but --no-augment is given")
     kw = _given(o, ("mode", "style", "augment", "p_t", "k", "glove", "mlm", "alpha", "temperature",
                     "backend"))
     if o.get("n_aug") is not None:
@@ -411,8 +413,6 @@ def cmd_tinybert(o) -> int:
                 "general or all)")
     if o["student"]:
         _refuse(o, BERT_SIZE, f"--student {o['student']} is the student; drop the size options")
-    if not o["augment"]:
-        _refuse(o, TINYBERT_AUG, "augmentation options, but --no-augment is given")
     task = _task(o)
     student = o["student"] or _bert_size(o, default_layers=4)
     unl = _unlabelled(o)  # None: the task's training sentences (general stage)
@@ -450,8 +450,6 @@ def cmd_etd(o) -> int:
 
     if o["strategy"] != "impt":
         _refuse(o, ("importance_batches",), "applies to --strategy impt only")
-    if not o["augment"]:
-        _refuse(o, TINYBERT_AUG, "augmentation options, but --no-augment is given")
     train = _train(o)
     seed = train.pop("seed", 0)
     if o["task_specific"]:
@@ -472,6 +470,7 @@ def cmd_etd(o) -> int:
 
 def cmd_extract(o) -> int:
     from kdfast.distill.outputs import MARKER, atomic_save_dir
+    from kdfast.distill.plumbing import check_max_len
     from kdfast.distill.trainer import torch_device
     from kdfast.etd import extract, importance, select_units
     from kdfast.data.tokenize import make_batches
@@ -488,9 +487,8 @@ def cmd_extract(o) -> int:
     device = torch_device(o["device"])
     teacher, tokenizer, _ = load_bert(o["teacher"])
     select_units(teacher.config, strategy="rand", seed=0, **sizes)  # sizes fail before scoring
-    positions = teacher.config.max_position_embeddings
-    if o["strategy"] == "impt" and _max_len(o) > positions:
-        raise ValueError(f"--max-len {_max_len(o)} but the teacher has {positions} positions")
+    if o["strategy"] == "impt":  # the scoring batches must fit the teacher's positions
+        check_max_len(_max_len(o), teacher.config.max_position_embeddings, "the teacher")
     teacher.to(device)
     imp = None
     if o["strategy"] == "impt":

@@ -73,6 +73,7 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
     its inference throughput (examples per second, tokenisation excluded, after one warm-up
     batch)."""
     from kdfast.data import metrics as M
+    from kdfast.distill.plumbing import check_max_len
     from kdfast.data.tasks import Task, load_task
     from kdfast.data.tokenize import encode, load_tokenizer
     from kdfast.distill.trainer import torch_device
@@ -88,9 +89,7 @@ def evaluate_saved(path, task, *, split: str = "test", max_len: int = 64, batch_
                          f"{'(a regression)' if task.num_labels == 1 else 'classes'}")
     positions = next((m.config.max_position_embeddings for m in model.modules()
                       if hasattr(getattr(m, "config", None), "max_position_embeddings")), None)
-    if positions is not None and max_len > positions:
-        raise ValueError(f"max_len={max_len} but {path} has {positions} positions "
-                         f"(max_position_embeddings): use a max_len <= {positions}")
+    check_max_len(max_len, positions, str(path))
     device = torch_device(device)
     model.to(device).eval()
     data = getattr(task, split)

@@ -110,10 +110,15 @@ def load_teacher_and_tokenizer(teacher, tokenizer=None, *, num_labels=None,
                          f"has {vocab}: teacher/tokenizer vocabulary mismatch")
     positions = getattr((model if encoder else model.encoder).config, "max_position_embeddings",
                         None)
-    if max_len is not None and positions is not None and max_len > positions:
-        raise ValueError(f"max_len={max_len} but the teacher has {positions} positions "
-                         f"(max_position_embeddings): use a max_len <= {positions}")
+    check_max_len(max_len, positions, "the teacher")
     return model, tokenizer, path
+
+
+def check_max_len(max_len, positions, owner: str) -> None:
+    """``max_len`` tokens must fit ``owner``'s position embeddings (None: nothing to check)."""
+    if max_len is not None and positions is not None and max_len > positions:
+        raise ValueError(f"max_len={max_len} but {owner} has {positions} positions "
+                         f"(max_position_embeddings): use a max_len <= {positions}")
 
 
 @torch.inference_mode()
